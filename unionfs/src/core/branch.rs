@@ -1,0 +1,189 @@
+//! Branches: a directory, its mode, and the handles the core works through.
+//!
+//! A branch is opened once as an `O_PATH` directory fd; every access below it goes
+//! through `*at()` calls on that fd (see `sys.rs`). A read-write branch also owns a
+//! work directory on the same filesystem, where copy-ups are built before they are
+//! renamed into place, and where the hard-link index lives.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::sys;
+
+/// Whether a branch takes writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Read-write: copy-ups, new objects and whiteouts may go here.
+    Rw,
+    /// Read-only: never modified.
+    Ro,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Rw => "rw",
+            Mode::Ro => "ro",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "rw" => Ok(Mode::Rw),
+            "ro" | "nfsro" | "rr" => Ok(Mode::Ro),
+            _ => Err(format!("unknown branch mode '{s}' (use rw or ro)")),
+        }
+    }
+}
+
+/// Name of the hidden work directory a native-mode rw branch keeps at its root.
+pub const HIDDEN_WORK_NAME: &str = ".unionfs-work";
+
+/// Where a rw branch builds copy-ups and keeps its hard-link index.
+#[derive(Debug)]
+pub struct WorkDir {
+    /// The work directory's path (for messages).
+    pub path: PathBuf,
+    /// Scratch space: copies under construction. Emptied at mount.
+    pub(crate) tmp: OwnedFd,
+    /// Hard-link index: one name per copied-up multiply-linked lower inode.
+    pub(crate) index: OwnedFd,
+    counter: AtomicU64,
+}
+
+impl WorkDir {
+    /// Opens (creating if needed) the work directory at `root/rel` beneath `root`.
+    pub(crate) fn open(root: BorrowedFd<'_>, rel: &Path, shown: PathBuf) -> io::Result<WorkDir> {
+        ensure_dir(root, rel)?;
+        let dir = sys::open_dir_path(root, rel)?;
+        ensure_dir(dir.as_fd(), Path::new("tmp"))?;
+        ensure_dir(dir.as_fd(), Path::new("index"))?;
+        let tmp = sys::open_dir_path(dir.as_fd(), Path::new("tmp"))?;
+        let index = sys::open_dir_path(dir.as_fd(), Path::new("index"))?;
+        clear_dir(tmp.as_fd())?;
+        Ok(WorkDir {
+            path: shown,
+            tmp,
+            index,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// A fresh name in the scratch directory.
+    pub(crate) fn temp_name(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("#{:x}.{n}", std::process::id())
+    }
+}
+
+fn ensure_dir(dir: BorrowedFd<'_>, rel: &Path) -> io::Result<()> {
+    match sys::mkdirat(dir, rel.as_os_str(), 0o700) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes everything inside `dir` (leftovers of copy-ups a crash interrupted).
+pub(crate) fn clear_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = sys::open_beneath(dir, Path::new(""), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    for e in sys::read_dir_fd(&fd)? {
+        remove_tree(dir, &e.name)?;
+    }
+    Ok(())
+}
+
+/// Removes `name` in `dir`, recursively if it is a directory, never following symlinks.
+pub(crate) fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let st = match sys::stat_opt(dir, name)? {
+        Some(st) => st,
+        None => return Ok(()),
+    };
+    if sys::is_dir(&st) {
+        let sub = sys::open_dir_path(dir, Path::new(name))?;
+        clear_dir(sub.as_fd())?;
+        sys::unlinkat(dir, name, true)
+    } else {
+        sys::unlinkat(dir, name, false)
+    }
+}
+
+/// One branch of the union.
+#[derive(Debug)]
+pub struct Branch {
+    /// The directory, as given (canonicalized).
+    pub path: PathBuf,
+    /// rw or ro.
+    pub mode: Mode,
+    pub(crate) fd: OwnedFd,
+    /// The backing filesystem's device number.
+    pub dev: u64,
+    pub(crate) work: Option<WorkDir>,
+}
+
+impl Branch {
+    /// Opens a branch directory. The caller has validated the path.
+    pub fn open(path: &Path, mode: Mode) -> io::Result<Branch> {
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // The branch root itself is opened by path (it was given by the user); from here
+        // on everything goes through the fd.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh fd.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let st = sys::fstat(fd.as_fd())?;
+        Ok(Branch {
+            path: path.to_path_buf(),
+            mode,
+            fd,
+            dev: st.st_dev,
+            work: None,
+        })
+    }
+
+    /// Gives a rw branch its work directory: `workdir` (overlay style) or the hidden one.
+    pub fn attach_work(&mut self, workdir: Option<&Path>) -> io::Result<()> {
+        let wd = match workdir {
+            Some(w) => {
+                let wb = Branch::open(w, Mode::Rw)?;
+                if wb.dev != self.dev {
+                    return Err(io::Error::from_raw_os_error(libc::EXDEV));
+                }
+                WorkDir::open(wb.fd.as_fd(), Path::new("unionfs"), w.join("unionfs"))?
+            }
+            None => WorkDir::open(
+                self.fd.as_fd(),
+                Path::new(HIDDEN_WORK_NAME),
+                self.path.join(HIDDEN_WORK_NAME),
+            )?,
+        };
+        self.work = Some(wd);
+        Ok(())
+    }
+
+    /// The branch root fd.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Whether writes may land here.
+    pub fn is_rw(&self) -> bool {
+        self.mode == Mode::Rw
+    }
+}

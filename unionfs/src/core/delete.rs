@@ -1,0 +1,288 @@
+//! unlink and rmdir under the three delete modes (`all`, `whiteout`, `first`).
+//!
+//! Emptiness for rmdir is judged on the merged view; a directory holding only whiteouts
+//! counts as empty and its whiteouts go with it. Where a whiteout must replace an entry
+//! in the same rw branch, `RENAME_WHITEOUT` does both in one step (as overlayfs does),
+//! with a two-step fallback where the kernel refuses it.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+
+use super::error::{errno, IoContext, Result};
+use super::lookup::lookup_in;
+use super::{parent_fd, sys, CoreError, DeleteMode, Obj, Stack, Union};
+
+const RENAME_WHITEOUT: u32 = 4;
+
+impl Union {
+    /// Removes the non-directory `name` from `parent`.
+    pub fn unlink(&self, parent: &Obj, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    /// Removes the empty directory `name` from `parent`.
+    pub fn rmdir(&self, parent: &Obj, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: &Obj, name: &OsStr, want_dir: bool) -> Result<()> {
+        let op = if want_dir { "rmdir" } else { "unlink" };
+        let stack = self.stack();
+        let path = parent.path.join(name);
+        let obj = lookup_in(&stack, parent, name)?.ok_or_else(|| CoreError::NotFound {
+            op,
+            path: path.clone(),
+        })?;
+        match (want_dir, obj.is_dir()) {
+            (true, false) => return Err(errno(op, &path, libc::ENOTDIR)),
+            (false, true) => return Err(errno(op, &path, libc::EISDIR)),
+            _ => {}
+        }
+        if want_dir && !self.is_empty_dir(&obj)? {
+            return Err(errno(op, &path, libc::ENOTEMPTY));
+        }
+        self.hide_name(&stack, parent, name, &obj, op)
+    }
+
+    /// Makes `name` (the object `obj`) disappear from `parent` per the delete mode.
+    pub(crate) fn hide_name(
+        &self,
+        stack: &Stack,
+        parent: &Obj,
+        name: &OsStr,
+        obj: &Obj,
+        op: &'static str,
+    ) -> Result<()> {
+        let path = parent.path.join(name);
+        let chain = instances(stack, parent, name).ctx(op, &path)?;
+        let top = *chain.first().ok_or_else(|| CoreError::NotFound {
+            op,
+            path: path.clone(),
+        })?;
+        // Plan first, so that a refusal changes nothing.
+        let (remove, remaining): (Vec<u16>, Option<u16>) = match self.config.delete {
+            DeleteMode::All => {
+                let rw: Vec<u16> = chain.iter().copied().filter(|&b| stack.is_rw(b)).collect();
+                let rest = chain.iter().copied().find(|&b| !stack.is_rw(b));
+                (rw, rest)
+            }
+            DeleteMode::Whiteout => {
+                if stack.is_rw(top) {
+                    (vec![top], chain.get(1).copied())
+                } else {
+                    (vec![], Some(top))
+                }
+            }
+            DeleteMode::First => {
+                if !stack.is_rw(top) {
+                    return Err(CoreError::ReadOnly { op, path });
+                }
+                (vec![top], None)
+            }
+        };
+        // Where the whiteout goes: the topmost rw branch above what would still show.
+        let wh_at = match remaining {
+            None => None,
+            Some(r) => Some(
+                self.write_target(stack, r)
+                    .filter(|&w| w < r)
+                    .or_else(|| (0..r).find(|&i| stack.is_rw(i)))
+                    .ok_or_else(|| CoreError::ReadOnly {
+                        op,
+                        path: path.clone(),
+                    })?,
+            ),
+        };
+        let _ = obj;
+        for b in remove {
+            let dir = parent_fd(stack, b, &parent.path).ctx(op, &path)?;
+            if Some(b) == wh_at {
+                replace_with_whiteout(stack, b, dir.as_fd(), name).ctx(op, &path)?;
+            } else {
+                remove_entry(dir.as_fd(), name).ctx(op, &path)?;
+            }
+        }
+        if let Some(w) = wh_at {
+            let dir = self.ensure_parents(stack, w, &parent.path)?;
+            let st = sys::stat_opt(dir.as_fd(), name).ctx(op, &path)?;
+            if !stack
+                .format
+                .is_whiteout(dir.as_fd(), name, st.as_ref())
+                .ctx(op, &path)?
+            {
+                if st.is_some() {
+                    remove_entry(dir.as_fd(), name).ctx(op, &path)?;
+                }
+                let before = sys::fstat(dir.as_fd()).ok();
+                stack
+                    .format
+                    .make_whiteout(dir.as_fd(), name)
+                    .ctx(op, &path)?;
+                let _ = before;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The branches where `name` in `parent` is present and not hidden from above, top first.
+pub(crate) fn instances(stack: &Stack, parent: &Obj, name: &OsStr) -> std::io::Result<Vec<u16>> {
+    let mut out = Vec::new();
+    let n = parent.layers.len();
+    for (pos, &b) in parent.layers.iter().enumerate() {
+        let dir = match parent_fd(stack, b, &parent.path) {
+            Ok(d) => d,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        let st = sys::stat_opt(dir.as_fd(), name)?;
+        if stack.format.is_whiteout(dir.as_fd(), name, st.as_ref())? {
+            break;
+        }
+        let Some(st) = st else { continue };
+        out.push(b);
+        if sys::is_dir(&st) && pos + 1 < n && stack.format.is_opaque(dir.as_fd(), name)? {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Removes an entry of a rw branch; a directory may still hold whiteouts and markers.
+fn remove_entry(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<()> {
+    let st = sys::fstatat(dir, name)?;
+    if sys::is_dir(&st) {
+        let sub = sys::open_dir_path(dir, Path::new(name))?;
+        super::branch::clear_dir(sub.as_fd())?;
+        sys::unlinkat(dir, name, true)
+    } else {
+        sys::unlinkat(dir, name, false)
+    }
+}
+
+/// Replaces `name` in `dir` (on rw branch `b`) by a whiteout in one step where possible.
+fn replace_with_whiteout(
+    stack: &Stack,
+    b: u16,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+) -> std::io::Result<()> {
+    let overlay = matches!(stack.format, super::WhiteoutFormat::Overlay { .. });
+    if let (true, Some(work)) = (overlay, stack.branch(b).work.as_ref()) {
+        let tmp = OsString::from(work.temp_name());
+        match sys::renameat2(dir, name, work.tmp.as_fd(), &tmp, RENAME_WHITEOUT) {
+            Ok(()) => return super::branch::remove_tree(work.tmp.as_fd(), &tmp),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM) | Some(libc::EINVAL) | Some(libc::EACCES)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    remove_entry(dir, name)?;
+    stack.format.make_whiteout(dir, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::{Config, DeleteMode, FormatChoice, Mode};
+
+    fn setup(fmt: FormatChoice, mode: DeleteMode) -> (Tree, super::Union) {
+        let t = Tree::new(&["rw", "rw2", "ro"]);
+        t.file("rw", "f", "top");
+        t.file("rw2", "f", "middle");
+        t.file("ro", "f", "bottom");
+        let cfg = Config {
+            delete: mode,
+            ..Config::default()
+        };
+        let u = t.union_cfg(fmt, &[Mode::Rw, Mode::Rw, Mode::Ro], cfg);
+        (t, u)
+    }
+
+    #[test]
+    fn delete_all_removes_every_rw_copy_and_whiteouts_the_rest() {
+        for fmt in formats() {
+            let (t, u) = setup(fmt, DeleteMode::All);
+            u.unlink(&u.root().unwrap(), os("f")).unwrap();
+            assert!(try_lookup(&u, "f").is_none());
+            assert!(!t.path("rw2").join("f").exists());
+            assert!(t.path("ro").join("f").exists(), "ro branch untouched");
+        }
+    }
+
+    #[test]
+    fn delete_whiteout_keeps_lower_copies() {
+        for fmt in formats() {
+            let (t, u) = setup(fmt, DeleteMode::Whiteout);
+            u.unlink(&u.root().unwrap(), os("f")).unwrap();
+            assert!(try_lookup(&u, "f").is_none());
+            assert_eq!(
+                std::fs::read_to_string(t.path("rw2").join("f")).unwrap(),
+                "middle"
+            );
+        }
+    }
+
+    #[test]
+    fn delete_first_reveals_the_previous_version() {
+        for fmt in formats() {
+            let (_t, u) = setup(fmt, DeleteMode::First);
+            let root = u.root().unwrap();
+            u.unlink(&root, os("f")).unwrap();
+            assert_eq!(read(&u, &lookup_path(&u, "f")), "middle");
+            u.unlink(&root, os("f")).unwrap();
+            assert_eq!(read(&u, &lookup_path(&u, "f")), "bottom");
+            assert_eq!(u.unlink(&root, os("f")).unwrap_err().errno(), libc::EROFS);
+        }
+    }
+
+    #[test]
+    fn rmdir_judges_the_merged_view_and_drops_whiteouts() {
+        for fmt in formats() {
+            let t = Tree::new(&["rw", "ro"]);
+            t.dir("rw", "d");
+            t.dir("ro", "d");
+            t.file("ro", "d/x", "x");
+            let u = t.union(fmt);
+            let root = u.root().unwrap();
+            assert_eq!(
+                u.rmdir(&root, os("d")).unwrap_err().errno(),
+                libc::ENOTEMPTY
+            );
+            u.unlink(&lookup_path(&u, "d"), os("x")).unwrap();
+            u.rmdir(&root, os("d")).unwrap();
+            assert!(try_lookup(&u, "d").is_none());
+            assert!(t.path("ro").join("d/x").exists());
+            assert_eq!(u.rmdir(&root, os("d")).unwrap_err().errno(), libc::ENOENT);
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        let t = Tree::new(&["rw"]);
+        t.dir("rw", "d");
+        t.file("rw", "f", "");
+        let u = t.union(FormatChoice::Wh);
+        let root = u.root().unwrap();
+        assert_eq!(u.unlink(&root, os("d")).unwrap_err().errno(), libc::EISDIR);
+        assert_eq!(u.rmdir(&root, os("f")).unwrap_err().errno(), libc::ENOTDIR);
+    }
+
+    #[test]
+    fn deleting_from_a_read_only_union_is_erofs_and_changes_nothing() {
+        let t = Tree::new(&["ro"]);
+        t.file("ro", "f", "x");
+        let u = t.union_modes(FormatChoice::Wh, &[Mode::Ro]);
+        assert_eq!(
+            u.unlink(&u.root().unwrap(), os("f")).unwrap_err().errno(),
+            libc::EROFS
+        );
+        assert!(t.path("ro").join("f").exists());
+    }
+}

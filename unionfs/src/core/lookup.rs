@@ -1,0 +1,225 @@
+//! Lookup: walk the parent's layers top down; the first branch holding the name decides
+//! its type; a whiteout hides the name below; an opaque directory stops the merge.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+
+use super::error::{IoContext, Result};
+use super::{inode, parent_fd, sys, CoreError, Layers, Obj, Stack, Union};
+use crate::core::branch::HIDDEN_WORK_NAME;
+
+impl Union {
+    /// Finds `name` in the directory `parent`.
+    pub fn lookup(&self, parent: &Obj, name: &OsStr) -> Result<Obj> {
+        let stack = self.stack();
+        lookup_in(&stack, parent, name)?.ok_or_else(|| CoreError::NotFound {
+            op: "lookup",
+            path: parent.path.join(name),
+        })
+    }
+}
+
+/// Whether `name` in the directory at `parent_path` is the union's own bookkeeping.
+pub(crate) fn is_hidden_name(stack: &Stack, parent_path: &std::path::Path, name: &OsStr) -> bool {
+    (parent_path.as_os_str().is_empty() && name == HIDDEN_WORK_NAME)
+        || stack.format.is_reserved_name(name)
+}
+
+/// The lookup itself, on one stack snapshot. `Ok(None)`: not visible.
+pub(crate) fn lookup_in(stack: &Stack, parent: &Obj, name: &OsStr) -> Result<Option<Obj>> {
+    let path = parent.path.join(name);
+    if name == "." || name == ".." || name.is_empty() {
+        return Err(super::error::errno("lookup", &path, libc::EINVAL));
+    }
+    if is_hidden_name(stack, &parent.path, name) {
+        return Ok(None);
+    }
+    let mut layers = Layers::new();
+    let mut top: Option<sys::Stat> = None;
+    let mut bottom: Option<sys::Stat> = None;
+    let n = parent.layers.len();
+    for (pos, &b) in parent.layers.iter().enumerate() {
+        let dir = match parent_fd(stack, b, &parent.path) {
+            Ok(d) => d,
+            // The parent vanished from this branch under us (out-of-band change).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                continue
+            }
+            Err(e) => return Err(e).ctx("lookup", &path),
+        };
+        let st = sys::stat_opt(dir.as_fd(), name).ctx("lookup", &path)?;
+        if stack
+            .format
+            .is_whiteout(dir.as_fd(), name, st.as_ref())
+            .ctx("lookup", &path)?
+        {
+            break;
+        }
+        let Some(st) = st else { continue };
+        match &top {
+            None => {
+                top = Some(st);
+                layers.push(b);
+                bottom = Some(st);
+                if !sys::is_dir(&st) {
+                    let id = stack.identity(b, dir.as_fd(), name, &st);
+                    let mut obj = Obj {
+                        path,
+                        layers,
+                        st,
+                        ino: stack.map_ino(id.0, id.1),
+                        indexed: None,
+                    };
+                    if !stack.is_rw(b) && st.st_nlink > 1 {
+                        find_index(stack, &mut obj, id);
+                    }
+                    return Ok(Some(obj));
+                }
+            }
+            Some(_) => {
+                // A non-directory below a directory is hidden, and so is all below it.
+                if !sys::is_dir(&st) {
+                    break;
+                }
+                layers.push(b);
+                bottom = Some(st);
+            }
+        }
+        // Only a directory gets here: does it stop the merge?
+        if pos + 1 < n
+            && stack
+                .format
+                .is_opaque(dir.as_fd(), name)
+                .ctx("lookup", &path)?
+        {
+            break;
+        }
+    }
+    let (Some(st), Some(bottom)) = (top, bottom) else {
+        return Ok(None);
+    };
+    Ok(Some(Obj {
+        ino: stack.map_ino(bottom.st_dev, bottom.st_ino),
+        path,
+        layers,
+        st,
+        indexed: None,
+    }))
+}
+
+/// A lower hard link whose inode was already copied up reads the copy, so that all its
+/// names stay one file (overlayfs `index=on` behaviour).
+fn find_index(stack: &Stack, obj: &mut Obj, id: (u64, u64)) {
+    let Some(k) = stack.top_rw() else { return };
+    if k > obj.layers[0] {
+        return;
+    }
+    let Some(w) = stack.branch(k).work.as_ref() else {
+        return;
+    };
+    let key = inode::index_key(id);
+    if let Ok(Some(st)) = sys::stat_opt(w.index.as_fd(), OsStr::new(&key)) {
+        // The index name itself is one link that nobody sees.
+        let mut st = st;
+        st.st_nlink = st.st_nlink.saturating_sub(1).max(1);
+        obj.st = st;
+        obj.indexed = Some((k, key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::FormatChoice;
+
+    #[test]
+    fn top_branch_decides_and_whiteouts_hide() {
+        for fmt in formats() {
+            let t = Tree::new(&["rw", "ro"]);
+            t.file("ro", "a", "lower");
+            t.file("rw", "a", "upper");
+            t.file("ro", "b", "lower b");
+            t.file("ro", "c", "c");
+            t.whiteout(fmt, "rw", "c");
+            let u = t.union(fmt);
+            let root = u.root().unwrap();
+            let a = u.lookup(&root, "a".as_ref()).unwrap();
+            assert_eq!(a.layers.as_slice(), &[0]);
+            assert_eq!(read(&u, &a), "upper");
+            let b = u.lookup(&root, "b".as_ref()).unwrap();
+            assert_eq!(b.layers.as_slice(), &[1]);
+            assert_eq!(
+                u.lookup(&root, "c".as_ref()).unwrap_err().errno(),
+                libc::ENOENT
+            );
+        }
+    }
+
+    #[test]
+    fn directories_merge_down_to_the_first_opaque_one() {
+        for fmt in formats() {
+            let t = Tree::new(&["a", "b", "c"]);
+            t.dir("a", "d");
+            t.dir("b", "d");
+            t.dir("c", "d");
+            t.file("c", "d/deep", "x");
+            let u = t.union(fmt);
+            let root = u.root().unwrap();
+            let d = u.lookup(&root, "d".as_ref()).unwrap();
+            assert_eq!(d.layers.as_slice(), &[0, 1, 2]);
+            assert!(u.lookup(&d, "deep".as_ref()).is_ok());
+            t.opaque(fmt, "b", "d");
+            let u = t.union(fmt);
+            let d = u.lookup(&u.root().unwrap(), "d".as_ref()).unwrap();
+            assert_eq!(d.layers.as_slice(), &[0, 1]);
+            assert_eq!(
+                u.lookup(&d, "deep".as_ref()).unwrap_err().errno(),
+                libc::ENOENT
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_above_hides_a_directory_below() {
+        let t = Tree::new(&["a", "b"]);
+        t.file("a", "x", "file");
+        t.dir("b", "x");
+        t.file("b", "x/inner", "i");
+        let u = t.union(FormatChoice::Wh);
+        let x = u.lookup(&u.root().unwrap(), "x".as_ref()).unwrap();
+        assert!(!x.is_dir());
+        assert_eq!(x.layers.as_slice(), &[0]);
+    }
+
+    #[test]
+    fn thirty_two_branches_resolve_to_the_highest() {
+        let names: Vec<String> = (0..32).map(|i| format!("b{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let t = Tree::new(&refs);
+        for (i, n) in refs.iter().enumerate() {
+            t.dir(n, "d");
+            t.file(n, &format!("d/only{i}"), n);
+        }
+        t.file("b31", "d/shared", "bottom");
+        t.file("b7", "d/shared", "b7");
+        let u = t.union(FormatChoice::Wh);
+        let d = u.lookup(&u.root().unwrap(), "d".as_ref()).unwrap();
+        assert_eq!(d.layers.len(), 32);
+        let s = u.lookup(&d, "shared".as_ref()).unwrap();
+        assert_eq!(read(&u, &s), "b7");
+        assert_eq!(u.readdir(&d).unwrap().len(), 33);
+    }
+
+    #[test]
+    fn symlinks_in_a_branch_are_never_followed() {
+        let t = Tree::new(&["rw", "ro"]);
+        std::os::unix::fs::symlink("/etc", t.path("ro").join("escape")).unwrap();
+        let u = t.union(FormatChoice::Wh);
+        let root = u.root().unwrap();
+        let l = u.lookup(&root, "escape".as_ref()).unwrap();
+        assert_eq!(l.kind(), libc::S_IFLNK);
+        // Looking up a name "inside" the symlink must not reach /etc/passwd.
+        assert!(u.lookup(&l, "passwd".as_ref()).is_err());
+        assert_eq!(u.readlink(&l).unwrap(), "/etc");
+    }
+}

@@ -1,0 +1,351 @@
+//! The union core: the branch stack and every union rule, with no FUSE inside.
+//!
+//! Objects are named by their path inside the union plus the branches they were found
+//! on (`Obj`). Every operation takes an `Obj` the caller got from `lookup` (or `root`),
+//! does its work with `*at()` calls beneath the branch fds, and returns fresh `Obj`s
+//! for whatever it changed. The FUSE adapter keeps `Obj`s in its node table.
+
+pub mod branch;
+mod copyup;
+mod create;
+mod delete;
+pub mod error;
+mod inode;
+mod lookup;
+mod readdir;
+mod rename;
+mod setattr;
+pub(crate) mod sys;
+pub mod whiteout;
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
+
+pub use branch::{Branch, Mode};
+pub use error::{CoreError, Result};
+pub use readdir::DirEntry;
+pub use whiteout::WhiteoutFormat;
+
+use error::IoContext;
+
+/// The stat of one instance of an object in a branch.
+pub type Stat = libc::stat;
+
+/// Branch indices (into the current stack, top first) where an object is present.
+pub type Layers = SmallVec<[u16; 4]>;
+
+/// How unlink and rmdir treat copies on lower branches (`-o delete=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteMode {
+    /// Remove every rw copy, whiteout what an ro branch still shows (POSIX).
+    All,
+    /// Remove the top copy if rw; whiteout any lower copy. Lower branches stay pristine.
+    Whiteout,
+    /// Remove only the top copy; a lower version shows through (revert).
+    First,
+}
+
+/// Where new objects go (`-o create=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateMode {
+    /// The highest branch holding the parent, if rw; else the topmost rw branch above.
+    Parent,
+    /// Always the topmost rw branch.
+    Top,
+}
+
+/// The whiteout format asked for (`-o whiteout=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FormatChoice {
+    /// `overlay` where the top rw branch supports it, else `wh`.
+    Auto,
+    /// Kernel overlayfs layout.
+    Overlay,
+    /// `.wh.` layout.
+    Wh,
+}
+
+/// Union behaviour chosen at mount time.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// `-o delete=`.
+    pub delete: DeleteMode,
+    /// `-o create=`.
+    pub create: CreateMode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            delete: DeleteMode::All,
+            create: CreateMode::Parent,
+        }
+    }
+}
+
+/// The ordered branches and the format in force.
+#[derive(Debug)]
+pub struct Stack {
+    /// Highest precedence first.
+    pub branches: Vec<Branch>,
+    /// Whiteout format in force.
+    pub format: WhiteoutFormat,
+    devs: Vec<u64>,
+}
+
+impl Stack {
+    /// Builds a stack, resolving `FormatChoice::Auto` against the top rw branch.
+    pub fn new(branches: Vec<Branch>, choice: FormatChoice) -> std::io::Result<Stack> {
+        let user_xattr = sys::geteuid() != 0;
+        let overlay = WhiteoutFormat::Overlay { user_xattr };
+        let top_work = branches.iter().find_map(|b| b.work.as_ref());
+        let format = match choice {
+            FormatChoice::Wh => WhiteoutFormat::Wh,
+            FormatChoice::Overlay => overlay,
+            FormatChoice::Auto => match top_work {
+                Some(w) if overlay.probe(w.tmp.as_fd()) => overlay,
+                Some(_) => WhiteoutFormat::Wh,
+                None => overlay,
+            },
+        };
+        if choice == FormatChoice::Overlay {
+            if let Some(w) = top_work {
+                if !overlay.probe(w.tmp.as_fd()) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "whiteout=overlay needs 0/0 character devices and overlay xattrs, \
+                         which this user cannot create on the top rw branch; use whiteout=wh",
+                    ));
+                }
+            }
+        }
+        let mut devs: Vec<u64> = Vec::new();
+        for b in &branches {
+            if !devs.contains(&b.dev) {
+                devs.push(b.dev);
+            }
+        }
+        Ok(Stack {
+            branches,
+            format,
+            devs,
+        })
+    }
+
+    fn branch(&self, i: u16) -> &Branch {
+        &self.branches[i as usize]
+    }
+
+    fn is_rw(&self, i: u16) -> bool {
+        self.branch(i).is_rw()
+    }
+
+    /// Index of the topmost rw branch.
+    pub fn top_rw(&self) -> Option<u16> {
+        self.branches
+            .iter()
+            .position(|b| b.is_rw())
+            .map(|i| i as u16)
+    }
+}
+
+/// The identity of the caller of an operation, for ownership of what it creates.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// fsuid.
+    pub uid: u32,
+    /// fsgid.
+    pub gid: u32,
+}
+
+/// An object of the union: where it is and what it looked like when found.
+#[derive(Clone, Debug)]
+pub struct Obj {
+    /// Path inside the union ("" for the root).
+    pub path: PathBuf,
+    /// Branches holding it, top first (directories: all merged layers; others: one).
+    pub layers: Layers,
+    /// lstat of the top instance.
+    pub st: Stat,
+    /// The mount-unique inode number (stable across copy-up; equal for hard links).
+    pub ino: u64,
+    /// A lower hard link whose inode was already copied up: its data lives in the
+    /// hard-link index of this rw branch.
+    pub(crate) indexed: Option<(u16, String)>,
+}
+
+impl Obj {
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        sys::is_dir(&self.st)
+    }
+
+    /// The file type bits.
+    pub fn kind(&self) -> u32 {
+        self.st.st_mode & libc::S_IFMT
+    }
+
+    fn top(&self) -> u16 {
+        self.layers[0]
+    }
+
+    fn name(&self) -> &OsStr {
+        self.path.file_name().unwrap_or(OsStr::new(""))
+    }
+
+    fn parent_path(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new(""))
+    }
+}
+
+/// Stripe count of the per-object copy-up locks.
+const LOCK_STRIPES: usize = 256;
+
+/// A mounted union's semantics: the branch stack plus the mount-time rules.
+pub struct Union {
+    stack: RwLock<Arc<Stack>>,
+    /// Mount-time rules.
+    pub config: Config,
+    locks: Vec<Mutex<()>>,
+}
+
+impl Union {
+    /// A union over `stack`.
+    pub fn new(stack: Stack, config: Config) -> Union {
+        Union {
+            stack: RwLock::new(Arc::new(stack)),
+            config,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// The stack in force now (operations work on one consistent snapshot of it).
+    pub fn stack(&self) -> Arc<Stack> {
+        self.stack.read().clone()
+    }
+
+    fn lock_for(&self, path: &Path) -> &Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut h);
+        &self.locks[(h.finish() as usize) % LOCK_STRIPES]
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> Result<Obj> {
+        let stack = self.stack();
+        let mut layers = Layers::new();
+        let mut st = None;
+        for (i, b) in stack.branches.iter().enumerate() {
+            let s = sys::fstat(b.fd()).ctx("stat", Path::new("/"))?;
+            st.get_or_insert(s);
+            layers.push(i as u16);
+        }
+        let st = st.ok_or(CoreError::NotFound {
+            op: "root",
+            path: PathBuf::new(),
+        })?;
+        Ok(Obj {
+            path: PathBuf::new(),
+            layers,
+            st,
+            ino: fuser_root_ino(),
+            indexed: None,
+        })
+    }
+
+    /// Reads a symlink.
+    pub fn readlink(&self, obj: &Obj) -> Result<std::ffi::OsString> {
+        let stack = self.stack();
+        let dir = parent_fd(&stack, obj.top(), obj.parent_path()).ctx("readlink", &obj.path)?;
+        sys::readlinkat(dir.as_fd(), obj.name()).ctx("readlink", &obj.path)
+    }
+
+    /// Opens an object's data. Writing access copies it up first (`O_TRUNC`: metadata
+    /// only). Returns the open file and, when it moved, the object's new state.
+    pub fn open(&self, obj: &Obj, flags: i32) -> Result<(OwnedFd, Option<Obj>)> {
+        let acc = flags & libc::O_ACCMODE;
+        let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        let mut moved = None;
+        let mut target = obj.clone();
+        if writes || (flags & libc::O_TRUNC != 0) {
+            let how = if flags & libc::O_TRUNC != 0 {
+                copyup::Data::Truncate(0)
+            } else {
+                copyup::Data::Full
+            };
+            let up = self.copy_up(obj, how)?;
+            if up.layers[0] != obj.layers[0] || up.indexed != obj.indexed {
+                moved = Some(up.clone());
+            }
+            target = up;
+        }
+        let stack = self.stack();
+        let open_flags = flags
+            & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_PATH);
+        let fd = if let Some((k, key)) = &target.indexed {
+            let w = stack.branch(*k).work.as_ref().ok_or(CoreError::NotFound {
+                op: "open",
+                path: obj.path.clone(),
+            })?;
+            sys::openat(
+                w.index.as_fd(),
+                OsStr::new(key),
+                open_flags & !libc::O_TRUNC,
+                0,
+            )
+        } else {
+            let dir =
+                parent_fd(&stack, target.top(), target.parent_path()).ctx("open", &obj.path)?;
+            sys::openat(dir.as_fd(), target.name(), open_flags | libc::O_NONBLOCK, 0).and_then(
+                |fd| {
+                    // O_NONBLOCK only kept fifos from blocking the daemon; drop it again.
+                    if flags & libc::O_NONBLOCK == 0 {
+                        unsafe {
+                            let fl =
+                                libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_GETFL);
+                            libc::fcntl(
+                                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                                libc::F_SETFL,
+                                fl & !libc::O_NONBLOCK,
+                            );
+                        }
+                    }
+                    Ok(fd)
+                },
+            )
+        }
+        .ctx("open", &obj.path)?;
+        Ok((fd, moved))
+    }
+
+    /// File system statistics of the branch new data goes to.
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        let stack = self.stack();
+        let i = stack.top_rw().unwrap_or(0);
+        sys::fstatvfs(stack.branch(i).fd()).ctx("statfs", Path::new("/"))
+    }
+}
+
+/// FUSE's root node id, which is also the root's st_ino.
+pub const fn fuser_root_ino() -> u64 {
+    1
+}
+
+/// Opens (as `O_PATH`) the directory `rel` in branch `i`.
+fn parent_fd(stack: &Stack, i: u16, rel: &Path) -> std::io::Result<OwnedFd> {
+    sys::open_dir_path(stack.branch(i).fd(), rel)
+}
+
+/// Borrow helper.
+fn bfd(fd: &OwnedFd) -> BorrowedFd<'_> {
+    fd.as_fd()
+}
+
+#[cfg(test)]
+pub(crate) mod testutil;

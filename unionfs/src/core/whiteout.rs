@@ -1,0 +1,334 @@
+//! Whiteout and opaque-directory formats. This is the only code that knows how a
+//! deletion or an opaque directory is written down in a branch; lookup, readdir and
+//! delete ask it "hidden?" or "hide this name".
+//!
+//! - `overlay`: the kernel overlayfs layout (Documentation/filesystems/overlayfs.rst,
+//!   "whiteouts and opaque directories"): a 0/0 character device with the deleted name;
+//!   an opaque directory carries `trusted.overlay.opaque="y"` (`user.overlay.opaque`
+//!   when unprivileged, which the kernel reads with `userxattr`).
+//! - `wh`: the AUFS/OCI layout: a `.wh.NAME` file hides NAME; a directory holding
+//!   `.wh..wh..opq` is opaque. Names starting with `.wh.` are reserved.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use super::sys::{self, Stat};
+
+const WH_PREFIX: &[u8] = b".wh.";
+const WH_OPAQUE: &str = ".wh..wh..opq";
+
+/// Which layout whiteouts and opaque markers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhiteoutFormat {
+    /// 0/0 character devices and the `overlay.opaque` xattr under `xattr_prefix`.
+    Overlay {
+        /// `trusted.` (privileged) or `user.` (rootless, kernel `userxattr`).
+        user_xattr: bool,
+    },
+    /// `.wh.NAME` files and `.wh..wh..opq`.
+    Wh,
+}
+
+impl std::fmt::Display for WhiteoutFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WhiteoutFormat::Overlay { user_xattr: false } => f.write_str("overlay"),
+            WhiteoutFormat::Overlay { user_xattr: true } => f.write_str("overlay (user xattrs)"),
+            WhiteoutFormat::Wh => f.write_str("wh"),
+        }
+    }
+}
+
+fn wh_name(name: &OsStr) -> OsString {
+    let mut v = WH_PREFIX.to_vec();
+    v.extend_from_slice(name.as_bytes());
+    std::os::unix::ffi::OsStringExt::from_vec(v)
+}
+
+/// What readdir makes of one raw entry of a branch directory.
+pub(crate) enum EntryMeaning {
+    /// A real entry, visible unless hidden from above.
+    Real,
+    /// A whiteout: hides this name in lower branches; never shown.
+    Whiteout(OsString),
+    /// Format bookkeeping (the opaque marker): never shown, hides nothing.
+    Private,
+}
+
+impl WhiteoutFormat {
+    fn opaque_xattr(&self) -> &'static str {
+        match self {
+            WhiteoutFormat::Overlay { user_xattr: true } => "user.overlay.opaque",
+            _ => "trusted.overlay.opaque",
+        }
+    }
+
+    /// Names that cannot exist in the union because the format uses them.
+    pub fn is_reserved_name(&self, name: &OsStr) -> bool {
+        match self {
+            WhiteoutFormat::Wh => name.as_bytes().starts_with(WH_PREFIX),
+            WhiteoutFormat::Overlay { .. } => false,
+        }
+    }
+
+    /// Xattr names the format owns: hidden from listings, refused to callers.
+    pub fn is_private_xattr(&self, attr: &OsStr) -> bool {
+        let a = attr.as_bytes();
+        // Our own bookkeeping (origin records) is private in every format.
+        if a.starts_with(b"trusted.unionfs.") || a.starts_with(b"user.unionfs.") {
+            return true;
+        }
+        match self {
+            WhiteoutFormat::Overlay { user_xattr: false } => a.starts_with(b"trusted.overlay."),
+            WhiteoutFormat::Overlay { user_xattr: true } => a.starts_with(b"user.overlay."),
+            WhiteoutFormat::Wh => false,
+        }
+    }
+
+    /// The xattr prefix used for our own records (origin of copy-ups).
+    pub(crate) fn record_prefix(&self) -> &'static str {
+        match self {
+            WhiteoutFormat::Overlay { user_xattr: true } => "user.",
+            _ if sys::geteuid() == 0 => "trusted.",
+            _ => "user.",
+        }
+    }
+
+    /// Is `name` in `dir` a whiteout? `st` is its lstat (None: no such entry).
+    pub(crate) fn is_whiteout(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: Option<&Stat>,
+    ) -> io::Result<bool> {
+        match self {
+            WhiteoutFormat::Overlay { .. } => Ok(st.is_some_and(is_overlay_whiteout)),
+            WhiteoutFormat::Wh => {
+                if st.is_some() {
+                    return Ok(false);
+                }
+                Ok(sys::stat_opt(dir, &wh_name(name))?.is_some())
+            }
+        }
+    }
+
+    /// Classifies a raw readdir entry of a branch directory.
+    pub(crate) fn classify(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        d_type: u8,
+    ) -> io::Result<EntryMeaning> {
+        match self {
+            WhiteoutFormat::Overlay { .. } => {
+                if d_type == libc::DT_CHR || d_type == libc::DT_UNKNOWN {
+                    if let Some(st) = sys::stat_opt(dir, name)? {
+                        if is_overlay_whiteout(&st) {
+                            return Ok(EntryMeaning::Whiteout(name.to_os_string()));
+                        }
+                    }
+                }
+                Ok(EntryMeaning::Real)
+            }
+            WhiteoutFormat::Wh => {
+                let b = name.as_bytes();
+                if b == WH_OPAQUE.as_bytes() {
+                    Ok(EntryMeaning::Private)
+                } else if let Some(rest) = b.strip_prefix(WH_PREFIX) {
+                    Ok(EntryMeaning::Whiteout(
+                        OsStr::from_bytes(rest).to_os_string(),
+                    ))
+                } else {
+                    Ok(EntryMeaning::Real)
+                }
+            }
+        }
+    }
+
+    /// Is the directory `name` in `dir` opaque?
+    pub(crate) fn is_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+        match self {
+            WhiteoutFormat::Overlay { .. } => {
+                match sys::getxattr(dir, name, OsStr::new(self.opaque_xattr())) {
+                    Ok(v) => Ok(v.as_deref() == Some(b"y")),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            WhiteoutFormat::Wh => {
+                let sub = sys::open_dir_path(dir, std::path::Path::new(name))?;
+                Ok(sys::stat_opt(sub.as_fd_borrow(), OsStr::new(WH_OPAQUE))?.is_some())
+            }
+        }
+    }
+
+    /// Marks the directory `name` in `dir` opaque.
+    pub(crate) fn set_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        match self {
+            WhiteoutFormat::Overlay { .. } => {
+                sys::setxattr(dir, name, OsStr::new(self.opaque_xattr()), b"y", 0)
+            }
+            WhiteoutFormat::Wh => {
+                let sub = sys::open_dir_path(dir, std::path::Path::new(name))?;
+                create_marker(sub.as_fd_borrow(), OsStr::new(WH_OPAQUE))
+            }
+        }
+    }
+
+    /// Removes the opaque marker of the directory `name` in `dir`, if any.
+    pub(crate) fn clear_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let r = match self {
+            WhiteoutFormat::Overlay { .. } => {
+                sys::removexattr(dir, name, OsStr::new(self.opaque_xattr()))
+            }
+            WhiteoutFormat::Wh => {
+                let sub = sys::open_dir_path(dir, std::path::Path::new(name))?;
+                sys::unlinkat(sub.as_fd_borrow(), OsStr::new(WH_OPAQUE), false)
+            }
+        };
+        match r {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOENT)) => {
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Writes a whiteout for `name` in `dir`. In the overlay format the whiteout is the
+    /// entry `name` itself, so `name` must not exist there.
+    pub(crate) fn make_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        match self {
+            WhiteoutFormat::Overlay { .. } => sys::mknodat(dir, name, libc::S_IFCHR, 0),
+            WhiteoutFormat::Wh => create_marker(dir, &wh_name(name)),
+        }
+    }
+
+    /// Removes the whiteout for `name` in `dir` if there is one; says whether there was.
+    pub(crate) fn remove_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+        let target = match self {
+            WhiteoutFormat::Overlay { .. } => match sys::stat_opt(dir, name)? {
+                Some(st) if is_overlay_whiteout(&st) => name.to_os_string(),
+                _ => return Ok(false),
+            },
+            WhiteoutFormat::Wh => wh_name(name),
+        };
+        match sys::unlinkat(dir, &target, false) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Probes whether the format can be written in `dir` (a scratch directory).
+    pub(crate) fn probe(&self, dir: BorrowedFd<'_>) -> bool {
+        let name = OsStr::new("#probe");
+        let _ = sys::unlinkat(dir, name, false);
+        let ok = match self {
+            WhiteoutFormat::Overlay { .. } => {
+                if sys::mknodat(dir, name, libc::S_IFCHR, 0).is_err() {
+                    return false;
+                }
+                let _ = sys::unlinkat(dir, name, false);
+                let d = OsStr::new("#probe.d");
+                let _ = sys::unlinkat(dir, d, true);
+                let ok = sys::mkdirat(dir, d, 0o700).is_ok() && self.set_opaque(dir, d).is_ok();
+                let _ = sys::unlinkat(dir, d, true);
+                ok
+            }
+            WhiteoutFormat::Wh => true,
+        };
+        let _ = sys::unlinkat(dir, name, false);
+        ok
+    }
+}
+
+fn is_overlay_whiteout(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+fn create_marker(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    match sys::openat(
+        dir,
+        name,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        0o444,
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Borrowing helper so `OwnedFd` temporaries read naturally above.
+trait AsFdBorrow {
+    fn as_fd_borrow(&self) -> BorrowedFd<'_>;
+}
+impl AsFdBorrow for std::os::fd::OwnedFd {
+    fn as_fd_borrow(&self) -> BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn tmp() -> (tempfile::TempDir, std::os::fd::OwnedFd) {
+        let d = tempfile::tempdir().unwrap();
+        let b =
+            super::super::branch::Branch::open(d.path(), super::super::branch::Mode::Rw).unwrap();
+        (d, b.fd)
+    }
+
+    #[test]
+    fn wh_format_round_trip() {
+        let (d, fd) = tmp();
+        let f = WhiteoutFormat::Wh;
+        assert!(f.is_reserved_name(OsStr::new(".wh.x")));
+        assert!(!f.is_reserved_name(OsStr::new("x.wh.")));
+        f.make_whiteout(fd.as_fd(), OsStr::new("gone")).unwrap();
+        assert!(d.path().join(".wh.gone").exists());
+        assert!(f.is_whiteout(fd.as_fd(), OsStr::new("gone"), None).unwrap());
+        assert!(matches!(
+            f.classify(fd.as_fd(), OsStr::new(".wh.gone"), libc::DT_REG).unwrap(),
+            EntryMeaning::Whiteout(n) if n == "gone"
+        ));
+        assert!(f.remove_whiteout(fd.as_fd(), OsStr::new("gone")).unwrap());
+        assert!(!f.is_whiteout(fd.as_fd(), OsStr::new("gone"), None).unwrap());
+        std::fs::create_dir(d.path().join("dir")).unwrap();
+        assert!(!f.is_opaque(fd.as_fd(), OsStr::new("dir")).unwrap());
+        f.set_opaque(fd.as_fd(), OsStr::new("dir")).unwrap();
+        assert!(d.path().join("dir/.wh..wh..opq").exists());
+        assert!(f.is_opaque(fd.as_fd(), OsStr::new("dir")).unwrap());
+        f.clear_opaque(fd.as_fd(), OsStr::new("dir")).unwrap();
+        assert!(!f.is_opaque(fd.as_fd(), OsStr::new("dir")).unwrap());
+    }
+
+    #[test]
+    fn overlay_format_round_trip() {
+        let (d, fd) = tmp();
+        let f = WhiteoutFormat::Overlay {
+            user_xattr: sys::geteuid() != 0,
+        };
+        if !f.probe(fd.as_fd()) {
+            eprintln!("skipped: this user cannot create 0/0 devices or overlay xattrs here");
+            return;
+        }
+        f.make_whiteout(fd.as_fd(), OsStr::new("gone")).unwrap();
+        let st = sys::fstatat(fd.as_fd(), OsStr::new("gone")).unwrap();
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFCHR);
+        assert_eq!(st.st_rdev, 0);
+        assert!(f
+            .is_whiteout(fd.as_fd(), OsStr::new("gone"), Some(&st))
+            .unwrap());
+        std::fs::create_dir(d.path().join("dir")).unwrap();
+        f.set_opaque(fd.as_fd(), OsStr::new("dir")).unwrap();
+        assert!(f.is_opaque(fd.as_fd(), OsStr::new("dir")).unwrap());
+        assert!(f.is_private_xattr(OsStr::new(f.opaque_xattr())));
+        assert!(!f.is_private_xattr(OsStr::new("user.mine")));
+        assert!(f.remove_whiteout(fd.as_fd(), OsStr::new("gone")).unwrap());
+    }
+}
