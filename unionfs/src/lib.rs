@@ -7,4 +7,5 @@
 
 pub mod cli;
 pub mod core;
+pub mod daemon;
 pub mod fuse;

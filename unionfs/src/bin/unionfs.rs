@@ -1,1 +1,54 @@
-fn main() {}
+//! `unionfs`: parse, validate, mount, and report failures as one line plus an exit code
+//! (0 mounted, 1 failure at run time, 2 bad input).
+
+use clap::Parser;
+use unionfs::cli::{args::Args, CliError, MountConfig};
+
+fn main() {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            let first = e.to_string();
+            let line = first.lines().next().unwrap_or("bad arguments");
+            let line = line.trim_start_matches("error: ");
+            eprintln!("unionfs: {line} (see unionfs --help)");
+            std::process::exit(2);
+        }
+    };
+    init_logging(args.verbose);
+    if let Err(e) = run(args) {
+        eprintln!("unionfs: {e}");
+        std::process::exit(e.exit_code());
+    }
+}
+
+fn run(args: Args) -> Result<(), CliError> {
+    let cfg = MountConfig::from_args(args)?;
+    unionfs::daemon::preflight(&cfg)?;
+    let union = unionfs::daemon::build_union(&cfg)?;
+    if cfg.foreground {
+        unionfs::daemon::serve(&cfg, union, None)
+    } else {
+        unionfs::daemon::daemonize(&cfg, union)
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

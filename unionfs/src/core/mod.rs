@@ -7,19 +7,19 @@
 
 pub mod branch;
 mod copyup;
-mod create;
+pub mod create;
 mod delete;
 pub mod error;
 mod inode;
 mod lookup;
 mod readdir;
 mod rename;
-mod setattr;
+pub mod setattr;
 pub(crate) mod sys;
 pub mod whiteout;
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -332,6 +332,12 @@ impl Union {
     }
 }
 
+/// Process-wide setup the daemon needs: callers' modes are applied exactly, so the
+/// daemon's own umask must not interfere.
+pub fn prepare_process() {
+    sys::umask_zero();
+}
+
 /// FUSE's root node id, which is also the root's st_ino.
 pub const fn fuser_root_ino() -> u64 {
     1
@@ -342,10 +348,10 @@ fn parent_fd(stack: &Stack, i: u16, rel: &Path) -> std::io::Result<OwnedFd> {
     sys::open_dir_path(stack.branch(i).fd(), rel)
 }
 
-/// Borrow helper.
-fn bfd(fd: &OwnedFd) -> BorrowedFd<'_> {
-    fd.as_fd()
-}
+// Plain fd operations the adapter needs on open files.
+pub(crate) use sys::{
+    fstat as sys_fstat, fsync as sys_fsync, pread as sys_pread, pwrite as sys_pwrite,
+};
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -1,1 +1,981 @@
-//! The FUSE adapter (written next).
+//! The FUSE adapter: `impl fuser::Filesystem` for a [`Union`].
+//!
+//! Each handler decodes the request, calls the core, keeps the node table in step, and
+//! replies. Union rules live in `core`; nothing here decides them. No handler panics:
+//! every error becomes an errno reply.
+
+pub mod attr;
+mod handles;
+mod nodes;
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::core::create::NewKind;
+use crate::core::setattr::SetAttr;
+use crate::core::{Caller, CoreError, Obj, Union};
+
+pub use attr::Ttls;
+use handles::{DirHandle, FileHandle as FHandle, Handle, HandleTable};
+use nodes::{Node, NodeTable};
+
+/// The union as a FUSE filesystem.
+pub struct UnionFs {
+    union: Arc<Union>,
+    nodes: NodeTable,
+    handles: HandleTable,
+    ttl: Ttls,
+}
+
+type Res<T> = Result<T, Errno>;
+
+fn err(e: CoreError) -> Errno {
+    tracing::debug!("{e}");
+    Errno::from_i32(e.errno())
+}
+
+fn io_err(e: std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+impl UnionFs {
+    /// Wraps a union for serving.
+    pub fn new(union: Arc<Union>, ttl: Ttls) -> Result<UnionFs, CoreError> {
+        let root = union.root()?;
+        Ok(UnionFs {
+            union,
+            nodes: NodeTable::new(root),
+            handles: HandleTable::new(),
+            ttl,
+        })
+    }
+
+    fn node(&self, ino: INodeNo) -> Res<Arc<Node>> {
+        self.nodes.get(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    fn attr_of(&self, obj: &Obj, st: &crate::core::Stat) -> Res<fuser::FileAttr> {
+        let nlink = if obj.is_dir() && obj.layers.len() > 1 {
+            Some(self.union.dir_nlink(obj).map_err(err)?)
+        } else {
+            None
+        };
+        Ok(attr::to_attr(obj, st, nlink))
+    }
+
+    /// Looks `name` up in `parent` and records the kernel's new reference.
+    fn do_lookup(&self, parent: &Obj, name: &OsStr) -> Res<fuser::FileAttr> {
+        let obj = self.union.lookup(parent, name).map_err(err)?;
+        let a = self.attr_of(&obj, &obj.st)?;
+        self.nodes.remember(obj);
+        Ok(a)
+    }
+
+    /// Re-reads a node's object from the union (after a change that may have moved it,
+    /// e.g. a copy-up of a parent directory).
+    fn refresh(&self, node: &Node) -> Res<Obj> {
+        let obj = node.obj();
+        let stack = self.union.stack();
+        match self.union.relookup(&stack, &obj) {
+            Ok(mut fresh) => {
+                // A hard link keeps the number it was given.
+                fresh.ino = obj.ino;
+                node.set_obj(fresh.clone());
+                Ok(fresh)
+            }
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, r: Res<fuser::FileAttr>) {
+        match r {
+            Ok(a) => reply.entry_with_ttls(&self.ttl.attr, &self.ttl.entry, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Creates an object and answers with its entry.
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        kind: NewKind<'_>,
+    ) -> Res<(fuser::FileAttr, Option<OwnedFd>, Obj)> {
+        let pnode = self.node(parent)?;
+        let pobj = pnode.obj();
+        let (obj, fd) = self
+            .union
+            .create(&pobj, name, mode, kind, caller(req))
+            .map_err(err)?;
+        let _ = self.refresh(&pnode);
+        let a = self.attr_of(&obj, &obj.st)?;
+        self.nodes.remember(obj.clone());
+        Ok((a, fd, obj))
+    }
+
+    fn file_handle(&self, fh: FileHandle) -> Res<Arc<Handle>> {
+        self.handles.get(fh.0).ok_or(Errno::EBADF)
+    }
+
+    /// The fd of an open file, reopened if the file was copied up since it was opened.
+    fn fd_for(&self, fh: FileHandle, for_write: bool) -> Res<Arc<OwnedFd>> {
+        let h = self.file_handle(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(Errno::EISDIR);
+        };
+        if !for_write && !f.writable {
+            if let Some(node) = self.nodes.get(f.ino) {
+                let obj = node.obj();
+                let now = (obj.layers[0], obj.indexed.is_some());
+                let mut on = f.opened_on.lock();
+                if *on != now {
+                    if let Ok((fd, _)) = self.union.open(&obj, libc::O_RDONLY) {
+                        *f.fd.write() = Arc::new(fd);
+                        *on = now;
+                    }
+                }
+            }
+        }
+        let fd = f.fd.read().clone();
+        Ok(fd)
+    }
+
+    fn setattr_inner(
+        &self,
+        ino: INodeNo,
+        a: &SetAttr,
+        fh: Option<FileHandle>,
+    ) -> Res<fuser::FileAttr> {
+        let node = self.node(ino)?;
+        let obj = node.obj();
+        let fd = match fh {
+            Some(fh) if a.size.is_some() => self.fd_for(fh, true).ok(),
+            _ => None,
+        };
+        let up = self
+            .union
+            .setattr(&obj, a, fd.as_ref().map(|f| f.as_fd()))
+            .map_err(err)?;
+        node.set_obj(up.clone());
+        self.attr_of(&up, &up.st)
+    }
+
+    fn dir_entries(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+    ) -> Res<(Obj, Arc<Vec<crate::core::DirEntry>>)> {
+        let node = self.node(ino)?;
+        let obj = node.obj();
+        let h = self.file_handle(fh)?;
+        let Handle::Dir(d) = &*h else {
+            return Err(Errno::ENOTDIR);
+        };
+        let mut slot = d.entries.lock();
+        if let Some(e) = &*slot {
+            return Ok((obj, e.clone()));
+        }
+        let list = Arc::new(self.union.readdir(&obj).map_err(err)?);
+        *slot = Some(list.clone());
+        Ok((obj, list))
+    }
+
+    fn parent_ino(&self, obj: &Obj) -> u64 {
+        // ".." is answered by the kernel itself; its number here is informational.
+        let _ = obj;
+        crate::core::fuser_root_ino()
+    }
+
+    fn after_rename(&self, from: &Path, to: &Path, exchange: bool) {
+        if exchange {
+            let tmp = Path::new("\0exchange");
+            self.nodes.rename_prefix(from, tmp);
+            self.nodes.rename_prefix(to, from);
+            self.nodes.rename_prefix(tmp, to);
+        } else {
+            self.nodes.rename_prefix(from, to);
+        }
+        for n in self.nodes.under(to) {
+            let _ = self.refresh(&n);
+        }
+        if exchange {
+            for n in self.nodes.under(from) {
+                let _ = self.refresh(&n);
+            }
+        }
+    }
+
+    /// A name was removed: nodes that were reached through it move to another of their
+    /// names, if they have one.
+    fn after_remove(&self, path: &Path) {
+        for n in self.nodes.under(path) {
+            if let Some(other) = n.drop_name(path) {
+                let mut obj = n.obj();
+                obj.path = other;
+                n.set_obj(obj);
+                let _ = self.refresh(&n);
+            }
+        }
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+impl fuser::Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self
+            .node(parent)
+            .and_then(|p| self.do_lookup(&p.obj(), name));
+        self.reply_entry(reply, r);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.nodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = (|| {
+            let node = self.node(ino)?;
+            let obj = node.obj();
+            let st = match fh.and_then(|fh| self.fd_for(fh, false).ok()) {
+                Some(fd) if !obj.is_dir() => crate::core::sys_fstat(fd.as_fd()).map_err(io_err)?,
+                _ => match self.union.stat(&obj) {
+                    Ok(st) => st,
+                    Err(e) if e.errno() == libc::ENOENT => {
+                        // Moved under us (copy-up of a hard link, out-of-band change).
+                        let fresh = self.refresh(&node)?;
+                        fresh.st
+                    }
+                    Err(e) => return Err(err(e)),
+                },
+            };
+            self.attr_of(&obj, &st)
+        })();
+        match r {
+            Ok(a) => reply.attr(&self.ttl.attr, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(attr::timespec),
+            mtime: mtime.map(attr::timespec),
+        };
+        match self.setattr_inner(ino, &a, fh) {
+            Ok(a) => reply.attr(&self.ttl.attr, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self
+            .node(ino)
+            .and_then(|n| self.union.readlink(&n.obj()).map_err(err))
+        {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let perm = mode & !umask & 0o7777 | (mode & libc::S_IFMT);
+        let kind = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
+            NewKind::File {
+                flags: libc::O_WRONLY,
+            }
+        } else {
+            NewKind::Node { rdev: rdev as u64 }
+        };
+        let r = self.make(req, parent, name, perm, kind).map(|(a, _, _)| a);
+        self.reply_entry(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .make(req, parent, name, mode & !umask & 0o7777, NewKind::Dir)
+            .map(|(a, _, _)| a);
+        self.reply_entry(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            let p = self.node(parent)?;
+            let pobj = p.obj();
+            self.union.unlink(&pobj, name).map_err(err)?;
+            let _ = self.refresh(&p);
+            self.after_remove(&pobj.path.join(name));
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            let p = self.node(parent)?;
+            self.union.rmdir(&p.obj(), name).map_err(err)?;
+            let _ = self.refresh(&p);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .make(
+                req,
+                parent,
+                link_name,
+                0o777,
+                NewKind::Symlink(target.as_os_str()),
+            )
+            .map(|(a, _, _)| a);
+        self.reply_entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            let p = self.node(parent)?;
+            let np = self.node(newparent)?;
+            let (pobj, npobj) = (p.obj(), np.obj());
+            self.union
+                .rename(&pobj, name, &npobj, newname, flags.bits())
+                .map_err(err)?;
+            let _ = self.refresh(&p);
+            let _ = self.refresh(&np);
+            let exchange = flags.bits() & libc::RENAME_EXCHANGE != 0;
+            let (from, to) = (pobj.path.join(name), npobj.path.join(newname));
+            if !exchange {
+                self.after_remove(&to);
+            }
+            self.after_rename(&from, &to, exchange);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            let n = self.node(ino)?;
+            let np = self.node(newparent)?;
+            let obj = n.obj();
+            let new = self.union.link(&obj, &np.obj(), newname).map_err(err)?;
+            let _ = self.refresh(&np);
+            // The source name moved up with the copy; its node follows.
+            let _ = self.refresh(&n);
+            let a = self.attr_of(&new, &new.st)?;
+            self.nodes.remember(new);
+            Ok(a)
+        })();
+        self.reply_entry(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = (|| {
+            let node = self.node(ino)?;
+            let obj = node.obj();
+            let (fd, moved) = self.union.open(&obj, flags.0).map_err(err)?;
+            let now = moved.as_ref().unwrap_or(&obj);
+            let on = (now.layers[0], now.indexed.is_some());
+            if let Some(m) = moved {
+                node.set_obj(m);
+            }
+            let acc = flags.0 & libc::O_ACCMODE;
+            let h = FHandle {
+                ino: ino.0,
+                fd: parking_lot::RwLock::new(Arc::new(fd)),
+                opened_on: parking_lot::Mutex::new(on),
+                writable: acc != libc::O_RDONLY,
+                flags: flags.0,
+            };
+            Ok(self.handles.insert(Handle::File(h)))
+        })();
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let r = (|| {
+            let fd = self.fd_for(fh, false)?;
+            let mut buf = vec![0u8; size as usize];
+            let mut got = 0usize;
+            while got < buf.len() {
+                let n = crate::core::sys_pread(fd.as_fd(), &mut buf[got..], offset + got as u64)
+                    .map_err(io_err)?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            buf.truncate(got);
+            Ok(buf)
+        })();
+        match r {
+            Ok(b) => reply.data(&b),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let r = (|| {
+            let fd = self.fd_for(fh, true)?;
+            let mut done = 0usize;
+            while done < data.len() {
+                let n = crate::core::sys_pwrite(fd.as_fd(), &data[done..], offset + done as u64)
+                    .map_err(io_err)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            Ok(done as u32)
+        })();
+        match r {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .fd_for(fh, true)
+            .and_then(|fd| crate::core::sys_fsync(fd.as_fd(), datasync).map_err(io_err))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(n) if n.obj().is_dir() => {
+                let fh = self.handles.insert(Handle::Dir(DirHandle {
+                    entries: parking_lot::Mutex::new(None),
+                }));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let (obj, list) = match self.dir_entries(ino, fh) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let mut i = offset as usize;
+        while i < list.len() + 2 {
+            let full = match i {
+                0 => reply.add(INodeNo(obj.ino), 1, fuser::FileType::Directory, "."),
+                1 => reply.add(
+                    INodeNo(self.parent_ino(&obj)),
+                    2,
+                    fuser::FileType::Directory,
+                    "..",
+                ),
+                _ => {
+                    let e = &list[i - 2];
+                    // d_ino must equal st_ino: ask the union for the entry's number.
+                    let (ino, kind) = match self.union.lookup(&obj, &e.name) {
+                        Ok(c) => (c.ino, attr::file_type(c.st.st_mode)),
+                        Err(_) => {
+                            i += 1;
+                            continue;
+                        }
+                    };
+                    reply.add(INodeNo(ino), (i + 1) as u64, kind, &e.name)
+                }
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (obj, list) = match self.dir_entries(ino, fh) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let mut i = offset as usize;
+        let dot = match self.attr_of(&obj, &obj.st) {
+            Ok(a) => a,
+            Err(e) => return reply.error(e),
+        };
+        while i < list.len() + 2 {
+            let full = match i {
+                0 => reply.add(
+                    INodeNo(obj.ino),
+                    1,
+                    ".",
+                    &Duration::ZERO,
+                    &dot,
+                    Generation(0),
+                ),
+                1 => reply.add(
+                    INodeNo(self.parent_ino(&obj)),
+                    2,
+                    "..",
+                    &Duration::ZERO,
+                    &dot,
+                    Generation(0),
+                ),
+                _ => {
+                    let e = &list[i - 2];
+                    let child = match self.union.lookup(&obj, &e.name) {
+                        Ok(c) => c,
+                        Err(_) => {
+                            i += 1;
+                            continue;
+                        }
+                    };
+                    let a = match self.attr_of(&child, &child.st) {
+                        Ok(a) => a,
+                        Err(_) => {
+                            i += 1;
+                            continue;
+                        }
+                    };
+                    let full = reply.add(
+                        INodeNo(child.ino),
+                        (i + 1) as u64,
+                        &e.name,
+                        &self.ttl.entry,
+                        &a,
+                        Generation(0),
+                    );
+                    if !full {
+                        // The kernel now holds a reference to this entry.
+                        self.nodes.remember(child);
+                    }
+                    full
+                }
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.union.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.node(ino).and_then(|n| {
+            let up = self
+                .union
+                .setxattr(&n.obj(), name, value, flags)
+                .map_err(err)?;
+            n.set_obj(up);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self
+            .node(ino)
+            .and_then(|n| self.union.getxattr(&n.obj(), name).map_err(err))
+        {
+            Ok(Some(v)) => xattr_reply(reply, size, &v),
+            Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self
+            .node(ino)
+            .and_then(|n| self.union.listxattr(&n.obj()).map_err(err))
+        {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(n.as_bytes());
+                    buf.push(0);
+                }
+                xattr_reply(reply, size, &buf);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.node(ino).and_then(|n| {
+            let up = self.union.removexattr(&n.obj(), name).map_err(err)?;
+            n.set_obj(up);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // The kernel checks permissions itself (default_permissions); this only tells
+        // whether the object still exists.
+        match self.node(ino) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = (|| {
+            let (a, fd, obj) = self.make(
+                req,
+                parent,
+                name,
+                mode & !umask & 0o7777,
+                NewKind::File { flags },
+            )?;
+            let fd = fd.ok_or(Errno::EIO)?;
+            let acc = flags & libc::O_ACCMODE;
+            let h = FHandle {
+                ino: obj.ino,
+                fd: parking_lot::RwLock::new(Arc::new(fd)),
+                opened_on: parking_lot::Mutex::new((obj.layers[0], false)),
+                writable: acc != libc::O_RDONLY,
+                flags,
+            };
+            Ok((a, self.handles.insert(Handle::File(h))))
+        })();
+        match r {
+            Ok((a, fh)) => reply.created(
+                &self.ttl.entry,
+                &a,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.fd_for(fh, true).and_then(|fd| {
+            let rc = unsafe {
+                libc::fallocate(
+                    fd.as_raw_fd(),
+                    mode,
+                    offset as libc::off_t,
+                    length as libc::off_t,
+                )
+            };
+            if rc < 0 {
+                Err(io_err(std::io::Error::last_os_error()))
+            } else {
+                Ok(())
+            }
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let r = self.fd_for(fh, false).and_then(|fd| {
+            let o = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+            if o < 0 {
+                Err(io_err(std::io::Error::last_os_error()))
+            } else {
+                Ok(o)
+            }
+        });
+        match r {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let r = (|| {
+            let src = self.fd_for(fh_in, false)?;
+            let dst = self.fd_for(fh_out, true)?;
+            let mut si = offset_in as i64;
+            let mut di = offset_out as i64;
+            let want = len.min(u32::MAX as u64 & !0xfff) as usize;
+            let n = unsafe {
+                libc::copy_file_range(src.as_raw_fd(), &mut si, dst.as_raw_fd(), &mut di, want, 0)
+            };
+            if n < 0 {
+                Err(io_err(std::io::Error::last_os_error()))
+            } else {
+                Ok(n as u32)
+            }
+        })();
+        match r {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+}

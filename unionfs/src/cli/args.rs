@@ -1,0 +1,73 @@
+//! Low-level arguments, as clap parses them. No validation here.
+
+use clap::Parser;
+
+/// A userspace union filesystem: merges directories ("branches") into one view.
+#[derive(Parser, Debug)]
+#[command(
+    name = "unionfs",
+    version,
+    about = "Merge directories (branches) into one view, Unionfs-style, over FUSE",
+    after_long_help = AFTER_HELP
+)]
+pub struct Args {
+    /// A branch, highest precedence first: DIR, DIR=rw or DIR=ro. Repeat for more.
+    /// Without a mode the first branch is rw and the others ro.
+    #[arg(short = 'b', long = "branch", value_name = "DIR[=rw|ro]")]
+    pub branch: Vec<String>,
+
+    /// Mount options, comma separated (see below). May be repeated.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+
+    /// Stay in the foreground (default: return once the mount is live and serve in the
+    /// background).
+    #[arg(short = 'f', long = "foreground")]
+    pub foreground: bool,
+
+    /// More log output on stderr (repeat for more; RUST_LOG also works).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// [SOURCE] MOUNTPOINT. SOURCE is a unionfs-fuse branch list (A=RW:B=RO) when it
+    /// contains '=', else only the name shown in /proc/mounts (mount -t fuse.unionfs).
+    #[arg(value_name = "[SOURCE] MOUNTPOINT", num_args = 1..=2, required = true)]
+    pub positional: Vec<String>,
+}
+
+const AFTER_HELP: &str = "\
+Branch syntaxes (all mean the same thing):
+  unionfs --branch UPPER=rw --branch LOWER=ro MOUNTPOINT
+  unionfs -o dirs=UPPER=rw:LOWER=ro MOUNTPOINT
+  unionfs -o lowerdir=L1:L2,upperdir=U,workdir=W none MOUNTPOINT   (overlay style; L1 above L2)
+  unionfs UPPER=RW:LOWER=RO MOUNTPOINT                            (unionfs-fuse style)
+  mount -t fuse.unionfs none MOUNTPOINT -o lowerdir=...,upperdir=...,workdir=...
+
+Union options (-o):
+  dirs=A=rw:B=ro            branches, highest first
+  lowerdir=L1:L2            read-only branches, highest first (overlay style)
+  upperdir=U                the read-write branch on top (overlay style; needs workdir)
+  workdir=W                 empty directory on the same filesystem as upperdir, for copy-up
+  whiteout=auto|overlay|wh  how deletions are recorded: overlay = 0/0 character device and
+                            the overlay.opaque xattr (readable by kernel overlayfs), wh = .wh.NAME
+                            files (OCI/AUFS); auto (default) = overlay where the top rw
+                            branch allows it, else wh
+  delete=all|whiteout|first all (default): remove every rw copy and whiteout what an ro branch
+                            still shows; whiteout: keep lower copies, hide them; first: remove
+                            only the top copy so a lower version shows through
+  create=parent|top         where new files go: parent (default) = the highest branch holding
+                            the parent directory if rw, else the topmost rw branch above it;
+                            top = always the topmost rw branch
+  entry_timeout=SECS        how long the kernel caches name lookups (default 1)
+  attr_timeout=SECS         how long the kernel caches attributes (default 1)
+  allow_other               let other users use the mount (needs user_allow_other in
+                            /etc/fuse.conf when not root)
+  allow_root                let root use a user's mount
+  fsname=NAME               the source shown in /proc/mounts
+  ro                        mount read-only
+Generic mount options (rw, dev, nodev, suid, nosuid, exec, noexec, atime, noatime, relatime,
+defaults, user, users, auto, noauto, nofail, _netdev, ...) are accepted and ignored.
+
+Unmount with: fusermount3 -u MOUNTPOINT  (or umount MOUNTPOINT as root, or SIGTERM the daemon)
+
+Exit status: 0 mounted; 1 failure at run time; 2 bad input (nothing mounted, nothing changed).";

@@ -1,0 +1,223 @@
+//! Serving a validated [`MountConfig`]: open the branches, build the union, mount,
+//! daemonize once the mount is live, unmount cleanly on SIGTERM/SIGINT/SIGHUP.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use fuser::{Config as FuseConfig, MountOption, SessionACL};
+
+use crate::cli::{CliError, MountConfig};
+use crate::core::{Branch, Stack, Union};
+use crate::fuse::UnionFs;
+
+fn runtime(msg: impl Into<String>) -> CliError {
+    CliError::Runtime(msg.into())
+}
+
+/// Checks that need the machine: the mount point is free, /dev/fuse is usable.
+pub fn preflight(cfg: &MountConfig) -> Result<(), CliError> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mp = cfg.mountpoint.to_string_lossy();
+    if mi.lines().any(|l| l.split(' ').nth(4) == Some(&mp)) {
+        return Err(CliError::Usage(format!(
+            "mount point {mp} is busy (already a mount point); unmount it first or choose another"
+        )));
+    }
+    let uid = unsafe { libc::geteuid() };
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            "load the fuse module (modprobe fuse) or, in a container, pass /dev/fuse in"
+        } else if uid == 0 {
+            "check that the fuse device is allowed here"
+        } else {
+            "make it usable for this user (chmod 0666 /dev/fuse, as most distributions ship it)"
+        };
+        return Err(CliError::Usage(format!(
+            "cannot open /dev/fuse: {e}; {hint}"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens the branches and builds the union (still nothing mounted).
+pub fn build_union(cfg: &MountConfig) -> Result<Union, CliError> {
+    let mut branches = Vec::new();
+    let mut first_rw = true;
+    for (path, mode) in &cfg.branches {
+        let mut b = Branch::open(path, *mode)
+            .map_err(|e| CliError::Usage(format!("branch {}: {e}", path.display())))?;
+        if b.is_rw() {
+            let wd = if first_rw {
+                cfg.workdir.as_deref()
+            } else {
+                None
+            };
+            first_rw = false;
+            b.attach_work(wd).map_err(|e| {
+                CliError::Usage(format!(
+                    "branch {}: cannot prepare its work directory: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        branches.push(b);
+    }
+    let stack = Stack::new(branches, cfg.format).map_err(|e| CliError::Usage(e.to_string()))?;
+    tracing::info!("whiteout format: {}", stack.format);
+    if cfg.verbose > 0 {
+        eprintln!("unionfs: whiteout format {}", stack.format);
+    }
+    Ok(Union::new(stack, cfg.core))
+}
+
+fn fuse_config(cfg: &MountConfig) -> FuseConfig {
+    let mut c = FuseConfig::default();
+    let mut o = vec![
+        MountOption::FSName(cfg.fsname.clone()),
+        MountOption::Subtype("unionfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if unsafe { libc::geteuid() } == 0 {
+        // A union can be a container's root: device nodes and set-id programs work.
+        o.push(MountOption::Dev);
+        o.push(MountOption::Suid);
+    }
+    if cfg.read_only {
+        o.push(MountOption::RO);
+    }
+    c.mount_options = o;
+    c.acl = if cfg.allow_other {
+        SessionACL::All
+    } else if cfg.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    c.n_threads = Some((cores * 2).clamp(2, 16));
+    c.clone_fd = true;
+    c
+}
+
+/// Blocks the stop signals in this thread (and every thread started after).
+fn block_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    let _ = set.thread_block();
+    set
+}
+
+/// Mounts and serves until unmounted. `ready` (daemon mode) hears "ok" once the mount
+/// is live, or the error.
+pub fn serve(cfg: &MountConfig, union: Union, ready: Option<OwnedFd>) -> Result<(), CliError> {
+    let mut ready = ready.map(std::fs::File::from);
+    let r = serve_inner(cfg, union, &mut ready);
+    if let (Err(e), Some(f)) = (&r, ready.as_mut()) {
+        let _ = writeln!(f, "{}:{e}", e.exit_code());
+    }
+    r
+}
+
+fn serve_inner(
+    cfg: &MountConfig,
+    union: Union,
+    ready: &mut Option<std::fs::File>,
+) -> Result<(), CliError> {
+    let signals = block_signals();
+    crate::core::prepare_process();
+    let fs = UnionFs::new(Arc::new(union), cfg.ttl).map_err(|e| runtime(e.to_string()))?;
+    let mut session = fuser::Session::new(fs, &cfg.mountpoint, &fuse_config(cfg))
+        .map_err(|e| runtime(format!("cannot mount on {}: {e}", cfg.mountpoint.display())))?;
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new()
+        .name("unionfs-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                tracing::info!("{sig:?}: unmounting");
+                let _ = unmounter.unmount();
+            }
+        })
+        .map_err(|e| runtime(format!("cannot start the signal thread: {e}")))?;
+    if let Some(mut f) = ready.take() {
+        let _ = f.write_all(b"ok\n");
+        detach_stdio();
+    }
+    session
+        .run()
+        .map_err(|e| runtime(format!("serving {}: {e}", cfg.mountpoint.display())))
+}
+
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            unsafe {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
+/// Forks; the child mounts and serves, the parent returns once the mount is live (or
+/// with the child's error). Must run before any thread exists.
+pub fn daemonize(cfg: &MountConfig, union: Union) -> Result<(), CliError> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(runtime(format!(
+            "pipe: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: fresh fds from pipe2.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    match unsafe { libc::fork() } {
+        -1 => Err(runtime(format!(
+            "fork: {}",
+            std::io::Error::last_os_error()
+        ))),
+        0 => {
+            drop(rd);
+            unsafe {
+                libc::setsid();
+            }
+            let code = match serve(cfg, union, Some(wr)) {
+                Ok(()) => 0,
+                Err(e) => e.exit_code(),
+            };
+            std::process::exit(code);
+        }
+        _child => {
+            drop(wr);
+            drop(union);
+            // One line: "ok" once the mount is live, else "CODE:message". The child
+            // keeps its end open while serving, so read a line, not to EOF.
+            let mut msg = String::new();
+            let _ = std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(std::fs::File::from(rd)),
+                &mut msg,
+            );
+            if msg.starts_with("ok") {
+                return Ok(());
+            }
+            let line = msg.lines().next().unwrap_or("").to_string();
+            match line.split_once(':') {
+                Some(("2", m)) => Err(CliError::Usage(m.to_string())),
+                Some((_, m)) => Err(runtime(m)),
+                None => Err(runtime("the daemon exited before the mount was live")),
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Converting the core's view of an object into FUSE attributes, and cache TTLs.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo};
+
+use crate::core::{Obj, Stat};
+
+/// Kernel cache lifetimes.
+#[derive(Clone, Copy, Debug)]
+pub struct Ttls {
+    /// How long the kernel may trust a name -> inode answer.
+    pub entry: Duration,
+    /// How long the kernel may trust attributes.
+    pub attr: Duration,
+}
+
+impl Default for Ttls {
+    fn default() -> Self {
+        Ttls {
+            entry: Duration::from_secs(1),
+            attr: Duration::from_secs(1),
+        }
+    }
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::new((-sec) as u64, 0) + Duration::new(0, nsec as u32)
+    }
+}
+
+/// The FUSE file type of a `st_mode`.
+pub(crate) fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// The FUSE file type of a `DT_*` value (None: unknown).
+pub(crate) fn dtype_file_type(d: u8) -> Option<FileType> {
+    Some(match d {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        libc::DT_REG => FileType::RegularFile,
+        _ => return None,
+    })
+}
+
+/// Attributes for `obj` from the stat `st` of its top instance; `nlink` overrides the
+/// link count (merged directories).
+pub(crate) fn to_attr(obj: &Obj, st: &Stat, nlink: Option<u64>) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(obj.ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: nlink.unwrap_or(st.st_nlink) as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+/// A `TimeOrNow` as the timespec utimensat takes.
+pub(crate) fn timespec(t: fuser::TimeOrNow) -> libc::timespec {
+    match t {
+        fuser::TimeOrNow::Now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        fuser::TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let mut sec = -(d.as_secs() as i64);
+                let mut nsec = d.subsec_nanos() as i64;
+                if nsec > 0 {
+                    sec -= 1;
+                    nsec = 1_000_000_000 - nsec;
+                }
+                libc::timespec {
+                    tv_sec: sec,
+                    tv_nsec: nsec,
+                }
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_including_before_the_epoch() {
+        for (s, n) in [
+            (0i64, 0i64),
+            (1_600_000_000, 999_999_999),
+            (-5, 250_000_000),
+        ] {
+            let t = time(s, n);
+            let ts = timespec(fuser::TimeOrNow::SpecificTime(t));
+            assert_eq!((ts.tv_sec, ts.tv_nsec), (s, n));
+        }
+    }
+
+    #[test]
+    fn every_type_maps() {
+        assert_eq!(file_type(libc::S_IFDIR), FileType::Directory);
+        assert_eq!(file_type(libc::S_IFLNK), FileType::Symlink);
+        assert_eq!(file_type(libc::S_IFIFO), FileType::NamedPipe);
+        assert_eq!(file_type(libc::S_IFSOCK), FileType::Socket);
+        assert_eq!(file_type(libc::S_IFCHR), FileType::CharDevice);
+        assert_eq!(file_type(libc::S_IFBLK), FileType::BlockDevice);
+        assert_eq!(file_type(libc::S_IFREG), FileType::RegularFile);
+        assert_eq!(dtype_file_type(libc::DT_UNKNOWN), None);
+    }
+}

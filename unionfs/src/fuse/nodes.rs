@@ -1,0 +1,146 @@
+//! The node table: what the kernel holds, by node id (which is also `st_ino`).
+//!
+//! Each node keeps the core's `Obj` for it and the kernel's lookup count; `forget`
+//! drops the node when the count reaches zero, so memory follows what the kernel
+//! caches. Hard links share one node; the node remembers each name it was found under
+//! so that removing one name leaves the others reachable.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use smallvec::SmallVec;
+
+use crate::core::Obj;
+
+/// One inode the kernel knows.
+pub(crate) struct Node {
+    pub(crate) state: RwLock<NodeState>,
+    lookups: AtomicU64,
+}
+
+pub(crate) struct NodeState {
+    pub(crate) obj: Obj,
+    /// Other names of the same inode (hard links), besides `obj.path`.
+    pub(crate) aliases: SmallVec<[PathBuf; 1]>,
+}
+
+impl Node {
+    pub(crate) fn obj(&self) -> Obj {
+        self.state.read().obj.clone()
+    }
+
+    pub(crate) fn set_obj(&self, obj: Obj) {
+        let mut s = self.state.write();
+        if s.obj.path != obj.path {
+            let old = std::mem::replace(&mut s.obj, obj);
+            if !s.aliases.contains(&old.path) && s.aliases.len() < 8 && !old.is_dir() {
+                s.aliases.push(old.path);
+            }
+            let p = s.obj.path.clone();
+            s.aliases.retain(|a| *a != p);
+        } else {
+            s.obj = obj;
+        }
+    }
+
+    /// The name `path` is gone: switch to another known name if there is one.
+    pub(crate) fn drop_name(&self, path: &Path) -> Option<PathBuf> {
+        let mut s = self.state.write();
+        s.aliases.retain(|a| a != path);
+        if s.obj.path == path {
+            if let Some(next) = s.aliases.pop() {
+                return Some(next);
+            }
+        }
+        None
+    }
+}
+
+/// All nodes, by id.
+pub(crate) struct NodeTable {
+    map: DashMap<u64, Arc<Node>>,
+}
+
+impl NodeTable {
+    pub(crate) fn new(root: Obj) -> NodeTable {
+        let map = DashMap::new();
+        map.insert(
+            crate::core::fuser_root_ino(),
+            Arc::new(Node {
+                state: RwLock::new(NodeState {
+                    obj: root,
+                    aliases: SmallVec::new(),
+                }),
+                lookups: AtomicU64::new(1),
+            }),
+        );
+        NodeTable { map }
+    }
+
+    pub(crate) fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.map.get(&ino).map(|n| n.clone())
+    }
+
+    /// Records one more kernel reference to `obj`'s node (creating it if needed).
+    pub(crate) fn remember(&self, obj: Obj) -> Arc<Node> {
+        let ino = obj.ino;
+        // The count goes up under the shard lock, so a racing forget cannot drop it.
+        let node = {
+            let entry = self.map.entry(ino).or_insert_with(|| {
+                Arc::new(Node {
+                    state: RwLock::new(NodeState {
+                        obj: obj.clone(),
+                        aliases: SmallVec::new(),
+                    }),
+                    lookups: AtomicU64::new(0),
+                })
+            });
+            entry.lookups.fetch_add(1, Ordering::Relaxed);
+            entry.clone()
+        };
+        node.set_obj(obj);
+        node
+    }
+
+    /// The kernel dropped `n` references.
+    pub(crate) fn forget(&self, ino: u64, n: u64) {
+        if ino == crate::core::fuser_root_ino() {
+            return;
+        }
+        self.map.remove_if(&ino, |_, node| {
+            let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
+            node.lookups.store(left, Ordering::Relaxed);
+            left == 0
+        });
+    }
+
+    /// After a rename, every node at or below `from` now lives at or below `to`.
+    pub(crate) fn rename_prefix(&self, from: &Path, to: &Path) {
+        for item in self.map.iter() {
+            let mut s = item.value().state.write();
+            if let Ok(rest) = s.obj.path.strip_prefix(from) {
+                s.obj.path = if rest.as_os_str().is_empty() {
+                    to.to_path_buf()
+                } else {
+                    to.join(rest)
+                };
+            }
+        }
+    }
+
+    /// Every node whose path is `path` or below it (for refreshing after a move).
+    pub(crate) fn under(&self, path: &Path) -> Vec<Arc<Node>> {
+        self.map
+            .iter()
+            .filter(|i| i.value().state.read().obj.path.starts_with(path))
+            .map(|i| i.value().clone())
+            .collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
