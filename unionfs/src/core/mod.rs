@@ -194,6 +194,31 @@ impl Obj {
         self.layers[0]
     }
 
+    /// Splits into (path, layers, ino, indexed) for compact storage.
+    pub(crate) fn into_parts(self) -> (PathBuf, Layers, u64, Option<(u16, String)>) {
+        (self.path, self.layers, self.ino, self.indexed)
+    }
+
+    /// Rebuilds an object from compact storage; only `st_mode` of `st` is known.
+    pub(crate) fn from_parts(
+        path: PathBuf,
+        layers: Layers,
+        mode: u32,
+        ino: u64,
+        indexed: Option<(u16, String)>,
+    ) -> Obj {
+        // SAFETY: libc::stat is plain old data; all-zero is a valid value.
+        let mut st: Stat = unsafe { std::mem::zeroed() };
+        st.st_mode = mode;
+        Obj {
+            path,
+            layers,
+            st,
+            ino,
+            indexed,
+        }
+    }
+
     fn name(&self) -> &OsStr {
         self.path.file_name().unwrap_or(OsStr::new(""))
     }

@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
-use std::path::Path;
 
 use super::error::{IoContext, Result};
 use super::lookup::is_hidden_name;
@@ -78,10 +77,8 @@ impl Union {
     }
 
     /// The link count a merged directory reports: 2 plus its visible subdirectories.
+    /// (A directory on one branch reports its own.)
     pub fn dir_nlink(&self, dir: &Obj) -> Result<u64> {
-        if dir.layers.len() == 1 {
-            return Ok(dir.st.st_nlink);
-        }
         let stack = self.stack();
         let mut n = 2;
         for e in self.readdir(dir)? {
@@ -107,9 +104,6 @@ impl Union {
 fn is_wh_entry(stack: &super::Stack, name: &OsStr) -> bool {
     stack.format == super::WhiteoutFormat::Wh && stack.format.is_reserved_name(name)
 }
-
-#[allow(dead_code)]
-fn _assert_path(_: &Path) {}
 
 #[cfg(test)]
 mod tests {

@@ -677,7 +677,12 @@ impl fuser::Filesystem for UnionFs {
             Err(e) => return reply.error(e),
         };
         let mut i = offset as usize;
-        let dot = match self.attr_of(&obj, &obj.st) {
+        let dot = match self
+            .union
+            .stat(&obj)
+            .map_err(err)
+            .and_then(|st| self.attr_of(&obj, &st))
+        {
             Ok(a) => a,
             Err(e) => return reply.error(e),
         };

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use parking_lot::RwLock;
-use smallvec::SmallVec;
 
 use crate::core::Obj;
 
@@ -21,18 +20,60 @@ pub(crate) struct Node {
     lookups: AtomicU64,
 }
 
+/// What a node remembers of its object: enough to name it to the core, no more (a
+/// `find` over a big tree keeps one of these per file). Attributes are always read fresh.
 pub(crate) struct NodeState {
-    pub(crate) obj: Obj,
+    pub(crate) obj: SlimObj,
     /// Other names of the same inode (hard links), besides `obj.path`.
-    pub(crate) aliases: SmallVec<[PathBuf; 1]>,
+    pub(crate) aliases: Vec<PathBuf>,
+}
+
+pub(crate) struct SlimObj {
+    pub(crate) path: PathBuf,
+    layers: crate::core::Layers,
+    mode: u32,
+    ino: u64,
+    indexed: Option<Box<(u16, String)>>,
+}
+
+impl SlimObj {
+    fn from_obj(o: Obj) -> SlimObj {
+        let mode = o.st.st_mode;
+        let (path, layers, ino, indexed) = o.into_parts();
+        let mut path = path;
+        path.shrink_to_fit();
+        SlimObj {
+            path,
+            layers,
+            mode,
+            ino,
+            indexed: indexed.map(Box::new),
+        }
+    }
+
+    fn to_obj(&self) -> Obj {
+        Obj::from_parts(
+            self.path.clone(),
+            self.layers.clone(),
+            self.mode,
+            self.ino,
+            self.indexed.as_deref().cloned(),
+        )
+    }
+
+    fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
 }
 
 impl Node {
+    /// The object, with only `st_mode` of its stat filled in (attributes are read fresh).
     pub(crate) fn obj(&self) -> Obj {
-        self.state.read().obj.clone()
+        self.state.read().obj.to_obj()
     }
 
     pub(crate) fn set_obj(&self, obj: Obj) {
+        let obj = SlimObj::from_obj(obj);
         let mut s = self.state.write();
         if s.obj.path != obj.path {
             let old = std::mem::replace(&mut s.obj, obj);
@@ -71,8 +112,8 @@ impl NodeTable {
             crate::core::fuser_root_ino(),
             Arc::new(Node {
                 state: RwLock::new(NodeState {
-                    obj: root,
-                    aliases: SmallVec::new(),
+                    obj: SlimObj::from_obj(root),
+                    aliases: Vec::new(),
                 }),
                 lookups: AtomicU64::new(1),
             }),
@@ -92,8 +133,8 @@ impl NodeTable {
             let entry = self.map.entry(ino).or_insert_with(|| {
                 Arc::new(Node {
                     state: RwLock::new(NodeState {
-                        obj: obj.clone(),
-                        aliases: SmallVec::new(),
+                        obj: SlimObj::from_obj(obj.clone()),
+                        aliases: Vec::new(),
                     }),
                     lookups: AtomicU64::new(0),
                 })
