@@ -139,6 +139,7 @@ impl Union {
                         &src_st,
                         cur.as_fd(),
                         &rel,
+                        None,
                     )?;
                 }
             }
@@ -182,11 +183,17 @@ fn copy_dir_meta(
     st: &Stat,
     dst: BorrowedFd<'_>,
     rel: &Path,
+    origin: Option<u64>,
 ) -> Result<()> {
     let work = work_of(stack, target, rel)?;
     let tmp = OsString::from(work.temp_name());
     sys::mkdirat(work.tmp.as_fd(), &tmp, 0o700).ctx("copy-up", rel)?;
     let built = copy_meta(stack, src, name, st, work.tmp.as_fd(), &tmp)
+        .map(|()| {
+            if let Some(ino) = origin {
+                stack.write_origin(work.tmp.as_fd(), &tmp, ino)
+            }
+        })
         .ctx("copy-up", rel)
         .and_then(|()| place(work.tmp.as_fd(), &tmp, dst, name, rel));
     if built.is_err() {
@@ -197,14 +204,17 @@ fn copy_dir_meta(
 
 fn copy_dir_into(stack: &Stack, target: u16, obj: &Obj, dst: BorrowedFd<'_>) -> Result<()> {
     let src = parent_fd(stack, obj.top(), obj.parent_path()).ctx("copy-up", &obj.path)?;
+    let st = sys::fstatat(src.as_fd(), obj.name()).ctx("copy-up", &obj.path)?;
+    // The directory keeps its number even where it later stands alone (renamed).
     copy_dir_meta(
         stack,
         target,
         src.as_fd(),
         obj.name(),
-        &obj.st,
+        &st,
         dst,
         &obj.path,
+        Some(obj.ino),
     )
 }
 
@@ -313,7 +323,7 @@ fn copy_file_into(
     }
     let src = parent_fd(stack, obj.top(), obj.parent_path()).ctx("copy-up", rel)?;
     let st = sys::fstatat(src.as_fd(), name).ctx("copy-up", rel)?;
-    let identity = stack.identity(obj.top(), src.as_fd(), name, &st);
+    let identity = obj.ino;
     let key = (st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1)
         .then(|| inode::index_key(identity));
     if let Some(key) = &key {
@@ -546,6 +556,33 @@ mod tests {
                 0
             );
         }
+    }
+
+    #[test]
+    fn copy_up_reads_metadata_fresh_not_from_the_callers_stat() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = Tree::new(&["rw", "ro"]);
+        t.dir("ro", "d");
+        t.file("ro", "d/f", "data");
+        std::fs::set_permissions(t.path("ro").join("d"), PermissionsExt::from_mode(0o751)).unwrap();
+        set_mtime(&t.path("ro").join("d"), 1_200_000_000, 0);
+        let u = t.union(super::super::FormatChoice::Wh);
+        // The adapter keeps only st_mode of an object; copy-up must stat for itself.
+        let slim = |o: super::Obj| {
+            let mode = o.st.st_mode;
+            let (p, l, i, x) = o.into_parts();
+            super::Obj::from_parts(p, l, mode, i, x)
+        };
+        u.copy_up(&slim(lookup_path(&u, "d")), Data::Full).unwrap();
+        u.copy_up(&slim(lookup_path(&u, "d/f")), Data::Full)
+            .unwrap();
+        let m = std::fs::metadata(t.path("rw").join("d")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o751);
+        assert_eq!(m.mtime(), 1_200_000_000);
+        assert_eq!(
+            std::fs::read_to_string(t.path("rw").join("d/f")).unwrap(),
+            "data"
+        );
     }
 
     #[test]

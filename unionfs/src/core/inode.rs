@@ -1,7 +1,8 @@
 //! Inode numbers: unique within the mount, stable across copy-up, equal for hard links.
 //!
 //! - A directory's number is its bottom-most merged instance's (copy-up adds layers on
-//!   top, so the number does not change when it is copied up).
+//!   top, so the number does not change when it is copied up); a directory copied up
+//!   whole (renamed) carries an origin record like a file does.
 //! - A non-directory on a ro branch has its own number; a copy on a rw branch carries an
 //!   origin record (an xattr with the lower instance's device and inode) and reports that.
 //! - Branches on different filesystems are told apart by putting the index of the
@@ -27,47 +28,34 @@ impl Stack {
         }
     }
 
-    /// The origin `(dev, ino)` recorded on a copy in a rw branch, if any.
-    pub(crate) fn read_origin(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<(u64, u64)> {
+    /// The union inode number recorded on a copy in a rw branch, if any.
+    fn read_origin(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
         let attr = format!("{}{}", self.format.record_prefix(), ORIGIN);
         let v = sys::getxattr(dir, name, OsStr::new(&attr)).ok()??;
-        if v.len() != 16 {
-            return None;
-        }
-        let dev = u64::from_le_bytes(v[0..8].try_into().ok()?);
-        let ino = u64::from_le_bytes(v[8..16].try_into().ok()?);
-        Some((dev, ino))
+        Some(u64::from_le_bytes(v.as_slice().try_into().ok()?))
     }
 
-    /// Records where a copy came from. Best effort: a symlink cannot carry a `user.`
-    /// xattr, and then the copy simply reports its own number.
-    pub(crate) fn write_origin(&self, dir: BorrowedFd<'_>, name: &OsStr, origin: (u64, u64)) {
+    /// Records the union inode number a copy stands for. Best effort: a symlink cannot
+    /// carry a `user.` xattr, and then the copy simply reports its own number.
+    pub(crate) fn write_origin(&self, dir: BorrowedFd<'_>, name: &OsStr, ino: u64) {
         let attr = format!("{}{}", self.format.record_prefix(), ORIGIN);
-        let mut v = origin.0.to_le_bytes().to_vec();
-        v.extend_from_slice(&origin.1.to_le_bytes());
-        let _ = sys::setxattr(dir, name, OsStr::new(&attr), &v, 0);
+        let _ = sys::setxattr(dir, name, OsStr::new(&attr), &ino.to_le_bytes(), 0);
     }
 
-    /// The backing identity an instance stands for: its origin record, or itself.
-    pub(crate) fn identity(
-        &self,
-        branch: u16,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        st: &Stat,
-    ) -> (u64, u64) {
-        if self.branch(branch).is_rw() && self.branches.len() > 1 && !sys::is_dir(st) {
+    /// The union inode number of an instance: its origin record, or its own.
+    pub(crate) fn ino_of(&self, branch: u16, dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> u64 {
+        if self.branch(branch).is_rw() && self.branches.len() > 1 {
             if let Some(o) = self.read_origin(dir, name) {
                 return o;
             }
         }
-        (st.st_dev, st.st_ino)
+        self.map_ino(st.st_dev, st.st_ino)
     }
 }
 
 /// The hard-link index key of a lower inode.
-pub(crate) fn index_key(identity: (u64, u64)) -> String {
-    format!("{:x}-{:x}", identity.0, identity.1)
+pub(crate) fn index_key(ino: u64) -> String {
+    format!("{ino:x}")
 }
 
 #[cfg(test)]

@@ -62,16 +62,16 @@ pub(crate) fn lookup_in(stack: &Stack, parent: &Obj, name: &OsStr) -> Result<Opt
                 layers.push(b);
                 bottom = Some(st);
                 if !sys::is_dir(&st) {
-                    let id = stack.identity(b, dir.as_fd(), name, &st);
+                    let ino = stack.ino_of(b, dir.as_fd(), name, &st);
                     let mut obj = Obj {
                         path,
                         layers,
                         st,
-                        ino: stack.map_ino(id.0, id.1),
+                        ino,
                         indexed: None,
                     };
                     if !stack.is_rw(b) && st.st_nlink > 1 {
-                        find_index(stack, &mut obj, id);
+                        find_index(stack, &mut obj, ino);
                     }
                     return Ok(Some(obj));
                 }
@@ -98,8 +98,17 @@ pub(crate) fn lookup_in(stack: &Stack, parent: &Obj, name: &OsStr) -> Result<Opt
     let (Some(st), Some(bottom)) = (top, bottom) else {
         return Ok(None);
     };
+    let bottom_branch = *layers.last().unwrap_or(&0);
+    let ino = if stack.is_rw(bottom_branch) && stack.branches.len() > 1 {
+        match parent_fd(stack, bottom_branch, &parent.path) {
+            Ok(d) => stack.ino_of(bottom_branch, d.as_fd(), name, &bottom),
+            Err(_) => stack.map_ino(bottom.st_dev, bottom.st_ino),
+        }
+    } else {
+        stack.map_ino(bottom.st_dev, bottom.st_ino)
+    };
     Ok(Some(Obj {
-        ino: stack.map_ino(bottom.st_dev, bottom.st_ino),
+        ino,
         path,
         layers,
         st,
@@ -109,7 +118,7 @@ pub(crate) fn lookup_in(stack: &Stack, parent: &Obj, name: &OsStr) -> Result<Opt
 
 /// A lower hard link whose inode was already copied up reads the copy, so that all its
 /// names stay one file (overlayfs `index=on` behaviour).
-fn find_index(stack: &Stack, obj: &mut Obj, id: (u64, u64)) {
+fn find_index(stack: &Stack, obj: &mut Obj, id: u64) {
     let Some(k) = stack.top_rw() else { return };
     if k > obj.layers[0] {
         return;
