@@ -11,10 +11,78 @@ use crate::core::branch::HIDDEN_WORK_NAME;
 impl Union {
     /// Finds `name` in the directory `parent`.
     pub fn lookup(&self, parent: &Obj, name: &OsStr) -> Result<Obj> {
-        let stack = self.stack();
-        lookup_in(&stack, parent, name)?.ok_or_else(|| CoreError::NotFound {
-            op: "lookup",
-            path: parent.path.join(name),
+        self.dir_cursor(parent).lookup(name)
+    }
+
+    /// A cursor for many lookups in one directory (readdirplus): the directory is
+    /// opened once per branch instead of once per name.
+    pub fn dir_cursor(&self, parent: &Obj) -> DirCursor {
+        DirCursor {
+            stack: self.stack(),
+            fds: ParentFds::new(parent.layers.len()),
+            parent: parent.clone(),
+        }
+    }
+}
+
+/// Repeated lookups in one directory, on one stack snapshot.
+pub struct DirCursor {
+    stack: std::sync::Arc<Stack>,
+    parent: Obj,
+    fds: ParentFds,
+}
+
+impl DirCursor {
+    /// Finds `name` in the cursor's directory.
+    pub fn lookup(&mut self, name: &OsStr) -> Result<Obj> {
+        lookup_with(&self.stack, &self.parent, name, &mut self.fds)?.ok_or_else(|| {
+            CoreError::NotFound {
+                op: "lookup",
+                path: self.parent.path.join(name),
+            }
+        })
+    }
+}
+
+/// The parent directory opened in each of its layers, lazily.
+pub(crate) struct ParentFds {
+    slots: Vec<Slot>,
+}
+
+enum Slot {
+    Unopened,
+    Missing,
+    Open(std::os::fd::OwnedFd),
+}
+
+impl ParentFds {
+    pub(crate) fn new(n: usize) -> ParentFds {
+        ParentFds {
+            slots: (0..n).map(|_| Slot::Unopened).collect(),
+        }
+    }
+
+    /// The parent in layer position `pos` (branch `b`), or None if it is not there.
+    fn get(
+        &mut self,
+        stack: &Stack,
+        pos: usize,
+        b: u16,
+        rel: &std::path::Path,
+    ) -> std::io::Result<Option<std::os::fd::BorrowedFd<'_>>> {
+        if let Slot::Unopened = self.slots[pos] {
+            self.slots[pos] = match parent_fd(stack, b, rel) {
+                Ok(d) => Slot::Open(d),
+                // The parent vanished from this branch under us (out-of-band change).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                    Slot::Missing
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(match &self.slots[pos] {
+            Slot::Open(d) => Some(d.as_fd()),
+            _ => None,
         })
     }
 }
@@ -27,6 +95,20 @@ pub(crate) fn is_hidden_name(stack: &Stack, parent_path: &std::path::Path, name:
 
 /// The lookup itself, on one stack snapshot. `Ok(None)`: not visible.
 pub(crate) fn lookup_in(stack: &Stack, parent: &Obj, name: &OsStr) -> Result<Option<Obj>> {
+    lookup_with(
+        stack,
+        parent,
+        name,
+        &mut ParentFds::new(parent.layers.len()),
+    )
+}
+
+fn lookup_with(
+    stack: &Stack,
+    parent: &Obj,
+    name: &OsStr,
+    fds: &mut ParentFds,
+) -> Result<Option<Obj>> {
     let path = parent.path.join(name);
     if name == "." || name == ".." || name.is_empty() {
         return Err(super::error::errno("lookup", &path, libc::EINVAL));
@@ -39,18 +121,13 @@ pub(crate) fn lookup_in(stack: &Stack, parent: &Obj, name: &OsStr) -> Result<Opt
     let mut bottom: Option<sys::Stat> = None;
     let n = parent.layers.len();
     for (pos, &b) in parent.layers.iter().enumerate() {
-        let dir = match parent_fd(stack, b, &parent.path) {
-            Ok(d) => d,
-            // The parent vanished from this branch under us (out-of-band change).
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-                continue
-            }
-            Err(e) => return Err(e).ctx("lookup", &path),
+        let Some(dir) = fds.get(stack, pos, b, &parent.path).ctx("lookup", &path)? else {
+            continue;
         };
-        let st = sys::stat_opt(dir.as_fd(), name).ctx("lookup", &path)?;
+        let st = sys::stat_opt(dir, name).ctx("lookup", &path)?;
         if stack
             .format
-            .is_whiteout(dir.as_fd(), name, st.as_ref())
+            .is_whiteout(dir, name, st.as_ref())
             .ctx("lookup", &path)?
         {
             break;
@@ -62,7 +139,7 @@ pub(crate) fn lookup_in(stack: &Stack, parent: &Obj, name: &OsStr) -> Result<Opt
                 layers.push(b);
                 bottom = Some(st);
                 if !sys::is_dir(&st) {
-                    let ino = stack.ino_of(b, dir.as_fd(), name, &st);
+                    let ino = stack.ino_of(b, dir, name, &st);
                     let mut obj = Obj {
                         path,
                         layers,
@@ -86,12 +163,7 @@ pub(crate) fn lookup_in(stack: &Stack, parent: &Obj, name: &OsStr) -> Result<Opt
             }
         }
         // Only a directory gets here: does it stop the merge?
-        if pos + 1 < n
-            && stack
-                .format
-                .is_opaque(dir.as_fd(), name)
-                .ctx("lookup", &path)?
-        {
+        if pos + 1 < n && stack.format.is_opaque(dir, name).ctx("lookup", &path)? {
             break;
         }
     }

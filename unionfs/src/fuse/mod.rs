@@ -634,6 +634,7 @@ impl fuser::Filesystem for UnionFs {
             Err(e) => return reply.error(e),
         };
         let mut i = offset as usize;
+        let mut cursor = self.union.dir_cursor(&obj);
         while i < list.len() + 2 {
             let full = match i {
                 0 => reply.add(INodeNo(obj.ino), 1, fuser::FileType::Directory, "."),
@@ -646,7 +647,7 @@ impl fuser::Filesystem for UnionFs {
                 _ => {
                     let e = &list[i - 2];
                     // d_ino must equal st_ino: ask the union for the entry's number.
-                    let (ino, kind) = match self.union.lookup(&obj, &e.name) {
+                    let (ino, kind) = match cursor.lookup(&e.name) {
                         Ok(c) => (c.ino, attr::file_type(c.st.st_mode)),
                         Err(_) => {
                             i += 1;
@@ -677,6 +678,7 @@ impl fuser::Filesystem for UnionFs {
             Err(e) => return reply.error(e),
         };
         let mut i = offset as usize;
+        let mut cursor = self.union.dir_cursor(&obj);
         let dot = match self
             .union
             .stat(&obj)
@@ -706,7 +708,7 @@ impl fuser::Filesystem for UnionFs {
                 ),
                 _ => {
                     let e = &list[i - 2];
-                    let child = match self.union.lookup(&obj, &e.name) {
+                    let child = match cursor.lookup(&e.name) {
                         Ok(c) => c,
                         Err(_) => {
                             i += 1;
