@@ -318,42 +318,34 @@ fn copy_file_into(
     // A lower hard link whose inode is already up: link the copy under this name too.
     if let Some((k, key)) = &obj.indexed {
         if *k == target {
-            return link_from_index(work, key, dst, name, rel);
+            return link_up(stack, work, key, dst, name, rel);
         }
     }
     let src = parent_fd(stack, obj.top(), obj.parent_path()).ctx("copy-up", rel)?;
     let st = sys::fstatat(src.as_fd(), name).ctx("copy-up", rel)?;
-    let identity = obj.ino;
     let key = (st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1)
-        .then(|| inode::index_key(identity));
+        .then(|| inode::index_key(obj.ino));
     if let Some(key) = &key {
         if sys::stat_opt(work.index.as_fd(), OsStr::new(key))
             .ctx("copy-up", rel)?
             .is_some()
         {
-            return link_from_index(work, key, dst, name, rel);
+            return link_up(stack, work, key, dst, name, rel);
         }
     }
     let tmp = OsString::from(work.temp_name());
     let built = build_copy(stack, src.as_fd(), name, &st, work.tmp.as_fd(), &tmp, data)
-        .map(|()| stack.write_origin(work.tmp.as_fd(), &tmp, identity))
+        .map(|()| stack.write_origin(work.tmp.as_fd(), &tmp, obj.ino))
         .ctx("copy-up", rel);
     if let Err(e) = built {
         let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, false);
         return Err(e);
     }
     if let Some(key) = &key {
-        match sys::linkat(work.tmp.as_fd(), &tmp, work.index.as_fd(), OsStr::new(key)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                // Another name of the same inode was copied concurrently: use that one.
-                let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, false);
-                return link_from_index(work, key, dst, name, rel);
-            }
-            Err(e) => {
-                let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, false);
-                return Err(e).ctx("copy-up", rel);
-            }
+        // This name moves up; the others still lead to the lower file.
+        match add_to_index(stack, work, &tmp, key, st.st_nlink - 1).ctx("copy-up", rel)? {
+            true => {}
+            false => return link_up(stack, work, key, dst, name, rel),
         }
     }
     let r = place(work.tmp.as_fd(), &tmp, dst, name, rel);
@@ -361,6 +353,96 @@ fn copy_file_into(
         let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, false);
     }
     r
+}
+
+/// Links the finished copy `tmp` into the hard-link index with its count of names still
+/// lower. `false`: another name of the inode got there first (the copy is discarded).
+fn add_to_index(
+    stack: &Stack,
+    work: &super::branch::WorkDir,
+    tmp: &OsStr,
+    key: &str,
+    lower_names: u64,
+) -> std::io::Result<bool> {
+    stack.write_nlink_lower(work.tmp.as_fd(), tmp, lower_names)?;
+    match sys::linkat(work.tmp.as_fd(), tmp, work.index.as_fd(), OsStr::new(key)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            let _ = sys::unlinkat(work.tmp.as_fd(), tmp, false);
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = sys::unlinkat(work.tmp.as_fd(), tmp, false);
+            Err(e)
+        }
+    }
+}
+
+/// A lower name of an indexed inode becomes an upper link of the copy.
+fn link_up(
+    stack: &Stack,
+    work: &super::branch::WorkDir,
+    key: &str,
+    dst: BorrowedFd<'_>,
+    name: &OsStr,
+    rel: &Path,
+) -> Result<()> {
+    link_from_index(work, key, dst, name, rel)?;
+    stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(key));
+    Ok(())
+}
+
+impl Union {
+    /// Before a lower name of a hard-linked file is deleted, its inode gets a copy in the
+    /// index (without any upper name), so the remaining names keep an exact link count,
+    /// as overlayfs with `index=on` does.
+    pub(crate) fn index_before_delete(&self, stack: &Stack, obj: &Obj, target: u16) -> Result<()> {
+        let rel = &obj.path;
+        let Some(work) = stack.branch(target).work.as_ref() else {
+            return Ok(());
+        };
+        if let Some((k, key)) = &obj.indexed {
+            if *k == target {
+                stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(key));
+            }
+            return Ok(());
+        }
+        let src = parent_fd(stack, obj.top(), obj.parent_path()).ctx("unlink", rel)?;
+        let st = sys::fstatat(src.as_fd(), obj.name()).ctx("unlink", rel)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink < 2 {
+            return Ok(());
+        }
+        let key = inode::index_key(obj.ino);
+        if sys::stat_opt(work.index.as_fd(), OsStr::new(&key))
+            .ctx("unlink", rel)?
+            .is_some()
+        {
+            stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(&key));
+            return Ok(());
+        }
+        let tmp = OsString::from(work.temp_name());
+        let built = build_copy(
+            stack,
+            src.as_fd(),
+            obj.name(),
+            &st,
+            work.tmp.as_fd(),
+            &tmp,
+            Data::Full,
+        )
+        .map(|()| stack.write_origin(work.tmp.as_fd(), &tmp, obj.ino))
+        .ctx("unlink", rel);
+        if let Err(e) = built {
+            let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, false);
+            return Err(e);
+        }
+        // All lower names but the one being deleted still lead to it.
+        if !add_to_index(stack, work, &tmp, &key, st.st_nlink - 1).ctx("unlink", rel)? {
+            stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(&key));
+            return Ok(());
+        }
+        sys::unlinkat(work.tmp.as_fd(), &tmp, false).ctx("unlink", rel)
+    }
 }
 
 fn link_from_index(

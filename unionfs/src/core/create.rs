@@ -127,6 +127,11 @@ impl Union {
         } else {
             let fd = build(dir.as_fd(), name, perm, mode, &kind, caller.uid, gid)
                 .ctx("create", &path)?;
+            // A new directory in a merged parent is opaque from the start, as overlayfs
+            // makes it (nothing below can show through; lookups stop early).
+            if is_dir && !whiteout_here && parent.layers.len() > 1 && overlay {
+                let _ = stack.format.set_opaque(dir.as_fd(), name);
+            }
             if whiteout_here {
                 if is_dir {
                     stack
@@ -319,10 +324,12 @@ fn build(
                 let _ = sys::unlinkat(dir, name, matches!(kind, NewKind::Dir));
                 return Err(e);
             }
-        } else if !is_link && perm & (libc::S_ISUID | libc::S_ISGID) != 0 {
-            // chown may clear set-id bits; put back what was asked for.
-            sys::fchmodat(dir, name, perm)?;
         }
+    }
+    // chown may clear set-id bits, and mkdir never takes S_ISGID from its mode (a
+    // directory built in the work dir has no setgid parent): put back what was asked.
+    if !is_link && perm & (libc::S_ISUID | libc::S_ISGID) != 0 {
+        sys::fchmodat(dir, name, perm)?;
     }
     Ok(fd)
 }

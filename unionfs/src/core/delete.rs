@@ -42,10 +42,12 @@ impl Union {
         if want_dir && !self.is_empty_dir(&obj)? {
             return Err(errno(op, &path, libc::ENOTEMPTY));
         }
-        self.hide_name(&stack, parent, name, &obj, op)
+        self.hide_name(&stack, parent, name, &obj, op, true)
     }
 
     /// Makes `name` (the object `obj`) disappear from `parent` per the delete mode.
+    /// `last_lower_name`: the name is going away for good (unlink), not moving (rename,
+    /// whose copy-up already took the name off a hard link's lower count).
     pub(crate) fn hide_name(
         &self,
         stack: &Stack,
@@ -53,6 +55,7 @@ impl Union {
         name: &OsStr,
         obj: &Obj,
         op: &'static str,
+        last_lower_name: bool,
     ) -> Result<()> {
         let path = parent.path.join(name);
         let chain = instances(stack, parent, name).ctx(op, &path)?;
@@ -94,7 +97,13 @@ impl Union {
                     })?,
             ),
         };
-        let _ = obj;
+        // A lower hard link about to be hidden: give its inode an index entry first, so
+        // its other names keep an exact link count.
+        if let (Some(w), false, true) = (wh_at, obj.is_dir(), last_lower_name) {
+            if remaining.is_some_and(|r| !stack.is_rw(r)) && chain.first() == remaining.as_ref() {
+                self.index_before_delete(stack, obj, w)?;
+            }
+        }
         for b in remove {
             let dir = parent_fd(stack, b, &parent.path).ctx(op, &path)?;
             if Some(b) == wh_at {

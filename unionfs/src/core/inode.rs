@@ -13,7 +13,8 @@ use std::os::fd::BorrowedFd;
 
 use super::{sys, Stack, Stat};
 
-const ORIGIN: &str = "unionfs.origin";
+const ORIGIN: &str = "origin";
+const NLINK_LOWER: &str = "nlink_lower";
 
 impl Stack {
     /// Maps a backing `(dev, ino)` to the union's number.
@@ -40,6 +41,44 @@ impl Stack {
     pub(crate) fn write_origin(&self, dir: BorrowedFd<'_>, name: &OsStr, ino: u64) {
         let attr = format!("{}{}", self.format.record_prefix(), ORIGIN);
         let _ = sys::setxattr(dir, name, OsStr::new(&attr), &ino.to_le_bytes(), 0);
+    }
+
+    /// How many names of a copied-up hard-linked inode are still lower-only (recorded on
+    /// the copy; `None`: not an indexed hard link).
+    pub(crate) fn read_nlink_lower(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
+        let attr = format!("{}{}", self.format.record_prefix(), NLINK_LOWER);
+        let v = sys::getxattr(dir, name, OsStr::new(&attr)).ok()??;
+        Some(u64::from_le_bytes(v.as_slice().try_into().ok()?))
+    }
+
+    pub(crate) fn write_nlink_lower(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        n: u64,
+    ) -> std::io::Result<()> {
+        let attr = format!("{}{}", self.format.record_prefix(), NLINK_LOWER);
+        sys::setxattr(dir, name, OsStr::new(&attr), &n.to_le_bytes(), 0)
+    }
+
+    /// One lower name of an indexed inode went away (copied up or deleted).
+    pub(crate) fn dec_nlink_lower(&self, dir: BorrowedFd<'_>, name: &OsStr) {
+        if let Some(n) = self.read_nlink_lower(dir, name) {
+            let _ = self.write_nlink_lower(dir, name, n.saturating_sub(1));
+        }
+    }
+
+    /// The link count the union shows for a non-directory instance: for a copied-up
+    /// hard link, its upper names (without the index entry) plus the lower names that
+    /// still lead to it, as overlayfs with `index=on` counts.
+    pub(crate) fn union_nlink(&self, dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> u64 {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink < 2 {
+            return st.st_nlink;
+        }
+        match self.read_nlink_lower(dir, name) {
+            Some(lower) => st.st_nlink - 1 + lower,
+            None => st.st_nlink,
+        }
     }
 
     /// The union inode number of an instance: its origin record, or its own.

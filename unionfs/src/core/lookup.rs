@@ -140,6 +140,10 @@ fn lookup_with(
                 bottom = Some(st);
                 if !sys::is_dir(&st) {
                     let ino = stack.ino_of(b, dir, name, &st);
+                    let mut st = st;
+                    if stack.is_rw(b) {
+                        st.st_nlink = stack.union_nlink(dir, name, &st);
+                    }
                     let mut obj = Obj {
                         path,
                         layers,
@@ -200,9 +204,8 @@ fn find_index(stack: &Stack, obj: &mut Obj, id: u64) {
     };
     let key = inode::index_key(id);
     if let Ok(Some(st)) = sys::stat_opt(w.index.as_fd(), OsStr::new(&key)) {
-        // The index name itself is one link that nobody sees.
         let mut st = st;
-        st.st_nlink = st.st_nlink.saturating_sub(1).max(1);
+        st.st_nlink = stack.union_nlink(w.index.as_fd(), OsStr::new(&key), &st);
         obj.st = st;
         obj.indexed = Some((k, key));
     }

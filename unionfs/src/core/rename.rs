@@ -152,7 +152,7 @@ impl Union {
         }
         let stack = self.stack();
         if let Some(left) = lookup_in(&stack, parent, name)? {
-            self.hide_name(&stack, parent, name, &left, "rename")?;
+            self.hide_name(&stack, parent, name, &left, "rename", false)?;
         }
         let _ = src_up;
         Ok(())

@@ -73,7 +73,7 @@ impl Union {
             if let Some(w) = stack.branch(*k).work.as_ref() {
                 let mut st =
                     sys::fstatat(w.index.as_fd(), OsStr::new(key)).ctx("stat", &obj.path)?;
-                st.st_nlink = st.st_nlink.saturating_sub(1).max(1);
+                st.st_nlink = stack.union_nlink(w.index.as_fd(), OsStr::new(key), &st);
                 return Ok(st);
             }
         }
@@ -81,11 +81,22 @@ impl Union {
             return sys::fstat(stack.branch(obj.layers[0]).fd()).ctx("stat", &obj.path);
         }
         let dir = parent_fd(&stack, obj.layers[0], obj.parent_path()).ctx("stat", &obj.path)?;
-        sys::fstatat(dir.as_fd(), obj.name()).ctx("stat", &obj.path)
+        let mut st = sys::fstatat(dir.as_fd(), obj.name()).ctx("stat", &obj.path)?;
+        if stack.is_rw(obj.layers[0]) {
+            st.st_nlink = stack.union_nlink(dir.as_fd(), obj.name(), &st);
+        }
+        Ok(st)
     }
 
+    /// Where an object's xattrs live: (directory fd, name), or the directory itself.
     fn xattr_target(&self, obj: &Obj) -> Result<(std::os::fd::OwnedFd, OsString)> {
         let stack = self.stack();
+        if let Some((k, key)) = &obj.indexed {
+            if let Some(w) = stack.branch(*k).work.as_ref() {
+                let fd = w.index.try_clone().ctx("xattr", &obj.path)?;
+                return Ok((fd, OsString::from(key)));
+            }
+        }
         if obj.path.as_os_str().is_empty() {
             let fd = sys::open_dir_path(stack.branch(obj.layers[0]).fd(), std::path::Path::new(""))
                 .ctx("xattr", &obj.path)?;
@@ -95,58 +106,52 @@ impl Union {
         Ok((dir, obj.name().to_os_string()))
     }
 
-    /// Reads one xattr (`Ok(None)`: not set).
-    pub fn getxattr(&self, obj: &Obj, attr: &OsStr) -> Result<Option<Vec<u8>>> {
-        if self.stack().format.is_private_xattr(attr) {
-            return Err(CoreError::PrivateXattr {
-                op: "getxattr",
+    fn stored_name(&self, obj: &Obj, attr: &OsStr, op: &'static str) -> Result<OsString> {
+        self.stack()
+            .format
+            .stored_xattr_name(attr)
+            .ok_or_else(|| CoreError::PrivateXattr {
+                op,
                 path: obj.path.clone(),
-            });
-        }
-        let (dir, name) = self.xattr_target(obj)?;
-        sys::getxattr(dir.as_fd(), &name, attr).ctx("getxattr", &obj.path)
+            })
     }
 
-    /// Lists xattrs, without the private ones.
+    /// Reads one xattr (`Ok(None)`: not set).
+    pub fn getxattr(&self, obj: &Obj, attr: &OsStr) -> Result<Option<Vec<u8>>> {
+        let stored = self.stored_name(obj, attr, "getxattr")?;
+        let (dir, name) = self.xattr_target(obj)?;
+        sys::getxattr(dir.as_fd(), &name, &stored).ctx("getxattr", &obj.path)
+    }
+
+    /// Lists xattrs as callers see them (private ones hidden, escaped ones unescaped).
     pub fn listxattr(&self, obj: &Obj) -> Result<Vec<OsString>> {
         let stack = self.stack();
         let (dir, name) = self.xattr_target(obj)?;
         let all = sys::listxattr(dir.as_fd(), &name).ctx("listxattr", &obj.path)?;
         Ok(all
-            .into_iter()
-            .filter(|a| !stack.format.is_private_xattr(a))
+            .iter()
+            .filter_map(|a| stack.format.visible_xattr_name(a))
             .collect())
     }
 
-    /// Sets an xattr (copy-up first).
+    /// Sets an xattr (copy-up first, as overlayfs does even if the call then fails).
     pub fn setxattr(&self, obj: &Obj, attr: &OsStr, value: &[u8], flags: i32) -> Result<Obj> {
-        if self.stack().format.is_private_xattr(attr) {
-            return Err(CoreError::PrivateXattr {
-                op: "setxattr",
-                path: obj.path.clone(),
-            });
-        }
+        let stored = self.stored_name(obj, attr, "setxattr")?;
         let up = self.copy_up(obj, Data::Full)?;
         let (dir, name) = self.xattr_target(&up)?;
-        sys::setxattr(dir.as_fd(), &name, attr, value, flags).ctx("setxattr", &obj.path)?;
+        sys::setxattr(dir.as_fd(), &name, &stored, value, flags).ctx("setxattr", &obj.path)?;
         Ok(up)
     }
 
-    /// Removes an xattr (copy-up first; `ENODATA` if it is not set).
+    /// Removes an xattr (copy-up first; `ENODATA` if it is not set, without copying up).
     pub fn removexattr(&self, obj: &Obj, attr: &OsStr) -> Result<Obj> {
-        if self.stack().format.is_private_xattr(attr) {
-            return Err(CoreError::PrivateXattr {
-                op: "removexattr",
-                path: obj.path.clone(),
-            });
-        }
-        // Refuse before copying up when there is nothing to remove.
+        let stored = self.stored_name(obj, attr, "removexattr")?;
         if self.getxattr(obj, attr)?.is_none() {
             return Err(super::error::errno("removexattr", &obj.path, libc::ENODATA));
         }
         let up = self.copy_up(obj, Data::Full)?;
         let (dir, name) = self.xattr_target(&up)?;
-        sys::removexattr(dir.as_fd(), &name, attr).ctx("removexattr", &obj.path)?;
+        sys::removexattr(dir.as_fd(), &name, &stored).ctx("removexattr", &obj.path)?;
         Ok(up)
     }
 }
@@ -216,12 +221,26 @@ mod tests {
                 .unwrap()
                 .iter()
                 .all(|a| !a.to_string_lossy().contains("unionfs")));
-            let e = u.setxattr(&f, os("trusted.overlay.opaque"), b"y", 0);
-            if matches!(
-                u.stack().format,
-                super::super::WhiteoutFormat::Overlay { user_xattr: false }
-            ) {
-                assert_eq!(e.unwrap_err().errno(), libc::EOPNOTSUPP);
+            match u.stack().format {
+                super::super::WhiteoutFormat::Overlay { user_xattr } => {
+                    // Escaped as the kernel does: it does not make the file opaque.
+                    let pre = if user_xattr { "user" } else { "trusted" };
+                    let asked = format!("{pre}.overlay.opaque");
+                    u.setxattr(&f, os(&asked), b"y", 0).unwrap();
+                    let f = lookup_path(&u, "f");
+                    assert_eq!(
+                        u.getxattr(&f, os(&asked)).unwrap().as_deref(),
+                        Some(&b"y"[..])
+                    );
+                    let stored = format!("{pre}.overlay.overlay.opaque");
+                    assert!(get_xattr(&t.path("rw").join("f"), &stored).is_some());
+                    assert!(u.listxattr(&f).unwrap().iter().any(|a| *a == *asked));
+                }
+                super::super::WhiteoutFormat::Wh => {
+                    let ours = format!("{}origin", u.stack().format.record_prefix());
+                    let e = u.setxattr(&f, os(&ours), b"y", 0);
+                    assert_eq!(e.unwrap_err().errno(), libc::EOPNOTSUPP);
+                }
             }
             assert_eq!(
                 u.removexattr(&f, os("user.none")).unwrap_err().errno(),

@@ -73,27 +73,68 @@ impl WhiteoutFormat {
         }
     }
 
-    /// Xattr names the format owns: hidden from listings, refused to callers.
-    pub fn is_private_xattr(&self, attr: &OsStr) -> bool {
-        let a = attr.as_bytes();
-        // Our own bookkeeping (origin records) is private in every format.
-        if a.starts_with(b"trusted.unionfs.") || a.starts_with(b"user.unionfs.") {
-            return true;
-        }
+    /// The prefix of the format's own xattrs, if it has one.
+    fn private_prefix(&self) -> Option<&'static [u8]> {
         match self {
-            WhiteoutFormat::Overlay { user_xattr: false } => a.starts_with(b"trusted.overlay."),
-            WhiteoutFormat::Overlay { user_xattr: true } => a.starts_with(b"user.overlay."),
-            WhiteoutFormat::Wh => false,
+            WhiteoutFormat::Overlay { user_xattr: false } => Some(b"trusted.overlay."),
+            WhiteoutFormat::Overlay { user_xattr: true } => Some(b"user.overlay."),
+            WhiteoutFormat::Wh => None,
         }
     }
 
-    /// The xattr prefix used for our own records (origin of copy-ups).
+    /// The prefix of our own bookkeeping xattrs (origin and link-count records). In the
+    /// overlay format it sits under the format's private prefix, so that callers' names
+    /// can never collide with it (they are escaped, see `stored_xattr_name`).
     pub(crate) fn record_prefix(&self) -> &'static str {
         match self {
-            WhiteoutFormat::Overlay { user_xattr: true } => "user.",
-            _ if sys::geteuid() == 0 => "trusted.",
-            _ => "user.",
+            WhiteoutFormat::Overlay { user_xattr: false } => "trusted.overlay.unionfs.",
+            WhiteoutFormat::Overlay { user_xattr: true } => "user.overlay.unionfs.",
+            WhiteoutFormat::Wh if sys::geteuid() == 0 => "trusted.unionfs.",
+            WhiteoutFormat::Wh => "user.unionfs.",
         }
+    }
+
+    /// The name under which a caller's xattr is stored in a branch. The overlay format
+    /// escapes names under its own prefix (`trusted.overlay.X` is stored as
+    /// `trusted.overlay.overlay.X`), as kernel overlayfs does since Linux 6.7. `None`:
+    /// the name is our bookkeeping and refused.
+    pub(crate) fn stored_xattr_name(&self, name: &OsStr) -> Option<OsString> {
+        let a = name.as_bytes();
+        match self.private_prefix() {
+            Some(p) => match a.strip_prefix(p) {
+                Some(rest) => {
+                    let mut v = p.to_vec();
+                    v.extend_from_slice(b"overlay.");
+                    v.extend_from_slice(rest);
+                    Some(std::os::unix::ffi::OsStringExt::from_vec(v))
+                }
+                None => Some(name.to_os_string()),
+            },
+            None => (!a.starts_with(self.record_prefix().as_bytes())).then(|| name.to_os_string()),
+        }
+    }
+
+    /// What callers see of a stored xattr name; `None`: private to the union, hidden.
+    pub(crate) fn visible_xattr_name(&self, stored: &OsStr) -> Option<OsString> {
+        let a = stored.as_bytes();
+        match self.private_prefix() {
+            Some(p) => match a.strip_prefix(p) {
+                Some(rest) => rest.strip_prefix(b"overlay.").map(|r| {
+                    let mut v = p.to_vec();
+                    v.extend_from_slice(r);
+                    std::os::unix::ffi::OsStringExt::from_vec(v)
+                }),
+                None => Some(stored.to_os_string()),
+            },
+            None => {
+                (!a.starts_with(self.record_prefix().as_bytes())).then(|| stored.to_os_string())
+            }
+        }
+    }
+
+    /// Whether a stored xattr is the union's own (not copied up, never shown).
+    pub fn is_private_xattr(&self, stored: &OsStr) -> bool {
+        self.visible_xattr_name(stored).is_none()
     }
 
     /// Is `name` in `dir` a whiteout? `st` is its lstat (None: no such entry).
@@ -329,6 +370,16 @@ mod tests {
         assert!(f.is_opaque(fd.as_fd(), OsStr::new("dir")).unwrap());
         assert!(f.is_private_xattr(OsStr::new(f.opaque_xattr())));
         assert!(!f.is_private_xattr(OsStr::new("user.mine")));
+        // A caller's name under the private prefix is escaped, and shown unescaped.
+        let pre = if matches!(f, WhiteoutFormat::Overlay { user_xattr: true }) {
+            "user"
+        } else {
+            "trusted"
+        };
+        let asked = format!("{pre}.overlay.opaque");
+        let stored = f.stored_xattr_name(OsStr::new(&asked)).unwrap();
+        assert_eq!(stored, OsStr::new(&format!("{pre}.overlay.overlay.opaque")));
+        assert_eq!(f.visible_xattr_name(&stored).unwrap(), OsStr::new(&asked));
         assert!(f.remove_whiteout(fd.as_fd(), OsStr::new("gone")).unwrap());
     }
 }

@@ -107,8 +107,22 @@ impl UnionFs {
 
     fn reply_entry(&self, reply: ReplyEntry, r: Res<fuser::FileAttr>) {
         match r {
-            Ok(a) => reply.entry_with_ttls(&self.ttl.attr, &self.ttl.entry, &a, Generation(0)),
+            Ok(a) => {
+                let (attr_ttl, entry_ttl) = self.ttls_for(&a);
+                reply.entry_with_ttls(&attr_ttl, &entry_ttl, &a, Generation(0))
+            }
             Err(e) => reply.error(e),
+        }
+    }
+
+    /// Cache lifetimes for one answer. A hard-linked file is never cached by name: FUSE
+    /// names only the inode in setattr/open, so the node must learn which name the
+    /// kernel walked through (copy-up lands under that name, as in overlayfs).
+    fn ttls_for(&self, a: &fuser::FileAttr) -> (Duration, Duration) {
+        if a.nlink > 1 && a.kind != fuser::FileType::Directory {
+            (Duration::ZERO, Duration::ZERO)
+        } else {
+            (self.ttl.attr, self.ttl.entry)
         }
     }
 
@@ -274,22 +288,22 @@ impl fuser::Filesystem for UnionFs {
         let r = (|| {
             let node = self.node(ino)?;
             let obj = node.obj();
-            let st = match fh.and_then(|fh| self.fd_for(fh, false).ok()) {
-                Some(fd) if !obj.is_dir() => crate::core::sys_fstat(fd.as_fd()).map_err(io_err)?,
-                _ => match self.union.stat(&obj) {
-                    Ok(st) => st,
-                    Err(e) if e.errno() == libc::ENOENT => {
+            let st = match self.union.stat(&obj) {
+                Ok(st) => st,
+                Err(e) if e.errno() == libc::ENOENT => {
+                    match fh.and_then(|fh| self.fd_for(fh, false).ok()) {
+                        // An open file whose name is gone.
+                        Some(fd) => crate::core::sys_fstat(fd.as_fd()).map_err(io_err)?,
                         // Moved under us (copy-up of a hard link, out-of-band change).
-                        let fresh = self.refresh(&node)?;
-                        fresh.st
+                        None => self.refresh(&node)?.st,
                     }
-                    Err(e) => return Err(err(e)),
-                },
+                }
+                Err(e) => return Err(err(e)),
             };
             self.attr_of(&obj, &st)
         })();
         match r {
-            Ok(a) => reply.attr(&self.ttl.attr, &a),
+            Ok(a) => reply.attr(&self.ttls_for(&a).0, &a),
             Err(e) => reply.error(e),
         }
     }
@@ -321,7 +335,7 @@ impl fuser::Filesystem for UnionFs {
             mtime: mtime.map(attr::timespec),
         };
         match self.setattr_inner(ino, &a, fh) {
-            Ok(a) => reply.attr(&self.ttl.attr, &a),
+            Ok(a) => reply.attr(&self.ttls_for(&a).0, &a),
             Err(e) => reply.error(e),
         }
     }
@@ -726,7 +740,7 @@ impl fuser::Filesystem for UnionFs {
                         INodeNo(child.ino),
                         (i + 1) as u64,
                         &e.name,
-                        &self.ttl.entry,
+                        &self.ttls_for(&a).1,
                         &a,
                         Generation(0),
                     );
