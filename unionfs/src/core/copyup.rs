@@ -188,6 +188,7 @@ fn copy_dir_meta(
     let work = work_of(stack, target, rel)?;
     let tmp = OsString::from(work.temp_name());
     sys::mkdirat(work.tmp.as_fd(), &tmp, 0o700).ctx("copy-up", rel)?;
+    stack.bump_layers();
     let built = copy_meta(stack, src, name, st, work.tmp.as_fd(), &tmp)
         .map(|()| {
             if let Some(ino) = origin {
@@ -652,8 +653,8 @@ mod tests {
         // The adapter keeps only st_mode of an object; copy-up must stat for itself.
         let slim = |o: super::Obj| {
             let mode = o.st.st_mode;
-            let (p, l, i, x) = o.into_parts();
-            super::Obj::from_parts(p, l, mode, i, x)
+            let (p, l, i, x, g) = o.into_parts();
+            super::Obj::from_parts(p, l, mode, i, x, g)
         };
         u.copy_up(&slim(lookup_path(&u, "d")), Data::Full).unwrap();
         u.copy_up(&slim(lookup_path(&u, "d/f")), Data::Full)

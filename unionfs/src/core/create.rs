@@ -129,7 +129,7 @@ impl Union {
                 .ctx("create", &path)?;
             // A new directory in a merged parent is opaque from the start, as overlayfs
             // makes it (nothing below can show through; lookups stop early).
-            if is_dir && !whiteout_here && parent.layers.len() > 1 && overlay {
+            if is_dir && !whiteout_here && overlay && parent.layers.iter().any(|&l| l != target) {
                 let _ = stack.format.set_opaque(dir.as_fd(), name);
             }
             if whiteout_here {

@@ -42,7 +42,11 @@ impl Union {
         if want_dir && !self.is_empty_dir(&obj)? {
             return Err(errno(op, &path, libc::ENOTEMPTY));
         }
-        self.hide_name(&stack, parent, name, &obj, op, true)
+        self.hide_name(&stack, parent, name, &obj, op, true)?;
+        if want_dir {
+            stack.bump_layers();
+        }
+        Ok(())
     }
 
     /// Makes `name` (the object `obj`) disappear from `parent` per the delete mode.
@@ -58,7 +62,7 @@ impl Union {
         last_lower_name: bool,
     ) -> Result<()> {
         let path = parent.path.join(name);
-        let chain = instances(stack, parent, name).ctx(op, &path)?;
+        let (chain, cut) = instances(stack, parent, name).ctx(op, &path)?;
         let top = *chain.first().ok_or_else(|| CoreError::NotFound {
             op,
             path: path.clone(),
@@ -66,8 +70,13 @@ impl Union {
         // Plan first, so that a refusal changes nothing.
         let (remove, remaining): (Vec<u16>, Option<u16>) = match self.config.delete {
             DeleteMode::All => {
-                let rw: Vec<u16> = chain.iter().copied().filter(|&b| stack.is_rw(b)).collect();
-                let rest = chain.iter().copied().find(|&b| !stack.is_rw(b));
+                // Copies below an opaque directory are hidden contents, never removed.
+                let rw: Vec<u16> = chain[..cut]
+                    .iter()
+                    .copied()
+                    .filter(|&b| stack.is_rw(b))
+                    .collect();
+                let rest = chain.iter().copied().find(|b| !rw.contains(b));
                 (rw, rest)
             }
             DeleteMode::Whiteout => {
@@ -136,8 +145,16 @@ impl Union {
 }
 
 /// The branches where `name` in `parent` is present and not hidden from above, top first.
-pub(crate) fn instances(stack: &Stack, parent: &Obj, name: &OsStr) -> std::io::Result<Vec<u16>> {
+/// The second value counts the leading instances that are not below an opaque copy of
+/// the same directory (what a delete may touch); the rest still decide whether the name
+/// shows once the upper ones are gone.
+pub(crate) fn instances(
+    stack: &Stack,
+    parent: &Obj,
+    name: &OsStr,
+) -> std::io::Result<(Vec<u16>, usize)> {
     let mut out = Vec::new();
+    let mut cut = None;
     let n = parent.layers.len();
     for (pos, &b) in parent.layers.iter().enumerate() {
         let dir = match parent_fd(stack, b, &parent.path) {
@@ -153,11 +170,16 @@ pub(crate) fn instances(stack: &Stack, parent: &Obj, name: &OsStr) -> std::io::R
         }
         let Some(st) = st else { continue };
         out.push(b);
-        if sys::is_dir(&st) && pos + 1 < n && stack.format.is_opaque(dir.as_fd(), name)? {
-            break;
+        if cut.is_none()
+            && sys::is_dir(&st)
+            && pos + 1 < n
+            && stack.format.is_opaque(dir.as_fd(), name)?
+        {
+            cut = Some(out.len());
         }
     }
-    Ok(out)
+    let cut = cut.unwrap_or(out.len());
+    Ok((out, cut))
 }
 
 /// Removes an entry of a rw branch; a directory may still hold whiteouts and markers.
@@ -269,6 +291,34 @@ mod tests {
             assert!(try_lookup(&u, "d").is_none());
             assert!(t.path("ro").join("d/x").exists());
             assert_eq!(u.rmdir(&root, os("d")).unwrap_err().errno(), libc::ENOENT);
+        }
+    }
+
+    #[test]
+    fn removing_an_opaque_directory_keeps_the_old_lower_one_hidden() {
+        for fmt in formats() {
+            let t = Tree::new(&["rw", "ro"]);
+            t.dir("ro", "d");
+            t.file("ro", "d/old", "x");
+            let u = t.union(fmt);
+            let root = u.root().unwrap();
+            u.unlink(&lookup_path(&u, "d"), os("old")).unwrap();
+            u.rmdir(&root, os("d")).unwrap();
+            u.create(
+                &root,
+                os("d"),
+                0o755,
+                super::super::create::NewKind::Dir,
+                caller(),
+            )
+            .unwrap();
+            let root = u.root().unwrap();
+            u.rmdir(&root, os("d")).unwrap();
+            assert!(
+                try_lookup(&u, "d").is_none(),
+                "{fmt:?}: the lower d came back"
+            );
+            assert!(t.path("ro").join("d/old").exists());
         }
     }
 

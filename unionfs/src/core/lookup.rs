@@ -116,6 +116,7 @@ fn lookup_with(
     if is_hidden_name(stack, &parent.path, name) {
         return Ok(None);
     }
+    let gen = stack.layers_gen();
     let mut layers = Layers::new();
     let mut top: Option<sys::Stat> = None;
     let mut bottom: Option<sys::Stat> = None;
@@ -150,6 +151,7 @@ fn lookup_with(
                         st,
                         ino,
                         indexed: None,
+                        gen,
                     };
                     if !stack.is_rw(b) && st.st_nlink > 1 {
                         find_index(stack, &mut obj, ino);
@@ -189,6 +191,7 @@ fn lookup_with(
         layers,
         st,
         indexed: None,
+        gen,
     }))
 }
 

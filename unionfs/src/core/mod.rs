@@ -96,6 +96,9 @@ pub struct Stack {
     /// Whiteout format in force.
     pub format: WhiteoutFormat,
     devs: Vec<u64>,
+    /// Bumped whenever an existing directory gains or loses a layer (copy-up of a
+    /// directory, rename, rmdir): an `Obj` of a directory found before is then stale.
+    layers_gen: std::sync::atomic::AtomicU64,
 }
 
 impl Stack {
@@ -134,7 +137,19 @@ impl Stack {
             branches,
             format,
             devs,
+            layers_gen: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The current layer generation (see `Obj::gen`).
+    pub fn layers_gen(&self) -> u64 {
+        self.layers_gen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Directory layers changed somewhere: objects found before must be looked up again.
+    pub(crate) fn bump_layers(&self) {
+        self.layers_gen
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn branch(&self, i: u16) -> &Branch {
@@ -177,6 +192,8 @@ pub struct Obj {
     /// A lower hard link whose inode was already copied up: its data lives in the
     /// hard-link index of this rw branch.
     pub(crate) indexed: Option<(u16, String)>,
+    /// The stack's layer generation when this was found (stale once it moves on).
+    pub gen: u64,
 }
 
 impl Obj {
@@ -195,8 +212,8 @@ impl Obj {
     }
 
     /// Splits into (path, layers, ino, indexed) for compact storage.
-    pub(crate) fn into_parts(self) -> (PathBuf, Layers, u64, Option<(u16, String)>) {
-        (self.path, self.layers, self.ino, self.indexed)
+    pub(crate) fn into_parts(self) -> (PathBuf, Layers, u64, Option<(u16, String)>, u64) {
+        (self.path, self.layers, self.ino, self.indexed, self.gen)
     }
 
     /// Rebuilds an object from compact storage; only `st_mode` of `st` is known.
@@ -206,6 +223,7 @@ impl Obj {
         mode: u32,
         ino: u64,
         indexed: Option<(u16, String)>,
+        gen: u64,
     ) -> Obj {
         // SAFETY: libc::stat is plain old data; all-zero is a valid value.
         let mut st: Stat = unsafe { std::mem::zeroed() };
@@ -216,6 +234,7 @@ impl Obj {
             st,
             ino,
             indexed,
+            gen,
         }
     }
 
@@ -264,6 +283,7 @@ impl Union {
     /// The root directory.
     pub fn root(&self) -> Result<Obj> {
         let stack = self.stack();
+        let gen = stack.layers_gen();
         let mut layers = Layers::new();
         let mut st = None;
         for (i, b) in stack.branches.iter().enumerate() {
@@ -281,6 +301,7 @@ impl Union {
             st,
             ino: fuser_root_ino(),
             indexed: None,
+            gen,
         })
     }
 

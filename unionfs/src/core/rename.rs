@@ -96,6 +96,9 @@ impl Union {
         let target = src_t.min(dst_t);
 
         let src_up = self.bring_up(&src, target)?;
+        if src.is_dir() || dst.as_ref().is_some_and(|d| d.is_dir()) {
+            stack.bump_layers();
+        }
         let dst_up = match (&dst, flags & RENAME_EXCHANGE != 0) {
             (Some(d), true) => Some(self.bring_up(d, target)?),
             _ => None,

@@ -105,6 +105,17 @@ impl UnionFs {
         }
     }
 
+    /// A node's object, looked up again if directory layers changed since it was found
+    /// (a parent copied up by a change below it, a rename).
+    fn current(&self, node: &Node) -> Res<Obj> {
+        let obj = node.obj();
+        if obj.gen == self.union.stack().layers_gen() {
+            return Ok(obj);
+        }
+        // A name that is gone (an open, unlinked file) keeps its last state.
+        Ok(self.refresh(node).unwrap_or(obj))
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, r: Res<fuser::FileAttr>) {
         match r {
             Ok(a) => {
@@ -136,7 +147,7 @@ impl UnionFs {
         kind: NewKind<'_>,
     ) -> Res<(fuser::FileAttr, Option<OwnedFd>, Obj)> {
         let pnode = self.node(parent)?;
-        let pobj = pnode.obj();
+        let pobj = self.current(&pnode)?;
         let (obj, fd) = self
             .union
             .create(&pobj, name, mode, kind, caller(req))
@@ -159,7 +170,7 @@ impl UnionFs {
         };
         if !for_write && !f.writable {
             if let Some(node) = self.nodes.get(f.ino) {
-                let obj = node.obj();
+                let obj = self.current(&node)?;
                 let now = (obj.layers[0], obj.indexed.is_some());
                 let mut on = f.opened_on.lock();
                 if *on != now {
@@ -181,7 +192,7 @@ impl UnionFs {
         fh: Option<FileHandle>,
     ) -> Res<fuser::FileAttr> {
         let node = self.node(ino)?;
-        let obj = node.obj();
+        let obj = self.current(&node)?;
         let fd = match fh {
             Some(fh) if a.size.is_some() => self.fd_for(fh, true).ok(),
             _ => None,
@@ -200,7 +211,7 @@ impl UnionFs {
         fh: FileHandle,
     ) -> Res<(Obj, Arc<Vec<crate::core::DirEntry>>)> {
         let node = self.node(ino)?;
-        let obj = node.obj();
+        let obj = self.current(&node)?;
         let h = self.file_handle(fh)?;
         let Handle::Dir(d) = &*h else {
             return Err(Errno::ENOTDIR);
@@ -276,7 +287,7 @@ impl fuser::Filesystem for UnionFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = self
             .node(parent)
-            .and_then(|p| self.do_lookup(&p.obj(), name));
+            .and_then(|p| self.do_lookup(&self.current(&p)?, name));
         self.reply_entry(reply, r);
     }
 
@@ -287,7 +298,7 @@ impl fuser::Filesystem for UnionFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let r = (|| {
             let node = self.node(ino)?;
-            let obj = node.obj();
+            let obj = self.current(&node)?;
             let st = match self.union.stat(&obj) {
                 Ok(st) => st,
                 Err(e) if e.errno() == libc::ENOENT => {
@@ -343,7 +354,7 @@ impl fuser::Filesystem for UnionFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self
             .node(ino)
-            .and_then(|n| self.union.readlink(&n.obj()).map_err(err))
+            .and_then(|n| self.union.readlink(&self.current(&n)?).map_err(err))
         {
             Ok(t) => reply.data(t.as_bytes()),
             Err(e) => reply.error(e),
@@ -390,7 +401,7 @@ impl fuser::Filesystem for UnionFs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = (|| {
             let p = self.node(parent)?;
-            let pobj = p.obj();
+            let pobj = self.current(&p)?;
             self.union.unlink(&pobj, name).map_err(err)?;
             let _ = self.refresh(&p);
             self.after_remove(&pobj.path.join(name));
@@ -405,7 +416,7 @@ impl fuser::Filesystem for UnionFs {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = (|| {
             let p = self.node(parent)?;
-            self.union.rmdir(&p.obj(), name).map_err(err)?;
+            self.union.rmdir(&self.current(&p)?, name).map_err(err)?;
             let _ = self.refresh(&p);
             Ok(())
         })();
@@ -448,7 +459,7 @@ impl fuser::Filesystem for UnionFs {
         let r = (|| {
             let p = self.node(parent)?;
             let np = self.node(newparent)?;
-            let (pobj, npobj) = (p.obj(), np.obj());
+            let (pobj, npobj) = (self.current(&p)?, self.current(&np)?);
             self.union
                 .rename(&pobj, name, &npobj, newname, flags.bits())
                 .map_err(err)?;
@@ -479,8 +490,11 @@ impl fuser::Filesystem for UnionFs {
         let r = (|| {
             let n = self.node(ino)?;
             let np = self.node(newparent)?;
-            let obj = n.obj();
-            let new = self.union.link(&obj, &np.obj(), newname).map_err(err)?;
+            let obj = self.current(&n)?;
+            let new = self
+                .union
+                .link(&obj, &self.current(&np)?, newname)
+                .map_err(err)?;
             let _ = self.refresh(&np);
             // The source name moved up with the copy; its node follows.
             let _ = self.refresh(&n);
@@ -494,7 +508,7 @@ impl fuser::Filesystem for UnionFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let r = (|| {
             let node = self.node(ino)?;
-            let obj = node.obj();
+            let obj = self.current(&node)?;
             let (fd, moved) = self.union.open(&obj, flags.0).map_err(err)?;
             let now = moved.as_ref().unwrap_or(&obj);
             let on = (now.layers[0], now.indexed.is_some());
@@ -811,7 +825,7 @@ impl fuser::Filesystem for UnionFs {
         let r = self.node(ino).and_then(|n| {
             let up = self
                 .union
-                .setxattr(&n.obj(), name, value, flags)
+                .setxattr(&self.current(&n)?, name, value, flags)
                 .map_err(err)?;
             n.set_obj(up);
             Ok(())
@@ -825,7 +839,7 @@ impl fuser::Filesystem for UnionFs {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self
             .node(ino)
-            .and_then(|n| self.union.getxattr(&n.obj(), name).map_err(err))
+            .and_then(|n| self.union.getxattr(&self.current(&n)?, name).map_err(err))
         {
             Ok(Some(v)) => xattr_reply(reply, size, &v),
             Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
@@ -836,7 +850,7 @@ impl fuser::Filesystem for UnionFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self
             .node(ino)
-            .and_then(|n| self.union.listxattr(&n.obj()).map_err(err))
+            .and_then(|n| self.union.listxattr(&self.current(&n)?).map_err(err))
         {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -852,7 +866,10 @@ impl fuser::Filesystem for UnionFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = self.node(ino).and_then(|n| {
-            let up = self.union.removexattr(&n.obj(), name).map_err(err)?;
+            let up = self
+                .union
+                .removexattr(&self.current(&n)?, name)
+                .map_err(err)?;
             n.set_obj(up);
             Ok(())
         });

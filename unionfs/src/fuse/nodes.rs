@@ -34,12 +34,13 @@ pub(crate) struct SlimObj {
     mode: u32,
     ino: u64,
     indexed: Option<Box<(u16, String)>>,
+    gen: u64,
 }
 
 impl SlimObj {
     fn from_obj(o: Obj) -> SlimObj {
         let mode = o.st.st_mode;
-        let (path, layers, ino, indexed) = o.into_parts();
+        let (path, layers, ino, indexed, gen) = o.into_parts();
         let mut path = path;
         path.shrink_to_fit();
         SlimObj {
@@ -48,6 +49,7 @@ impl SlimObj {
             mode,
             ino,
             indexed: indexed.map(Box::new),
+            gen,
         }
     }
 
@@ -58,6 +60,7 @@ impl SlimObj {
             self.mode,
             self.ino,
             self.indexed.as_deref().cloned(),
+            self.gen,
         )
     }
 

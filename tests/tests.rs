@@ -1,0 +1,13 @@
+//! The one integration test binary (ripgrep style): a module per area, shared helpers in
+//! `util`. Most tests mount for real and need root; locally they skip with a message when a
+//! requirement is missing, on CI (`CI=true`) they fail instead. Run everything with
+//! `scripts/test.sh`.
+
+mod util;
+
+mod cli;
+mod memory;
+mod mount;
+mod oracle;
+mod rootless;
+mod tools;
