@@ -105,6 +105,12 @@ impl Union {
         };
         let sdir = self.ensure_parents(&stack, target, &parent.path)?;
         let ddir = self.ensure_parents(&stack, target, &new_parent.path)?;
+        // A lower hard link replaced by the rename loses that name for good.
+        if let (Some(d), 0) = (&dst, flags & RENAME_EXCHANGE) {
+            if !d.is_dir() && (d.indexed.is_some() || !stack.is_rw(d.top())) {
+                self.index_before_delete(&stack, d, target)?;
+            }
+        }
 
         if flags & RENAME_EXCHANGE != 0 {
             sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), new_name, RENAME_EXCHANGE)
@@ -177,8 +183,8 @@ impl Union {
         }
     }
 
-    /// A directory that now holds its whole tree in `target` must hide lower branches
-    /// only if they have something at its (new) name.
+    /// A directory that now holds its whole tree in `target` must hide what lower
+    /// branches have at its (new) name.
     fn fix_opaque(&self, parent: &Obj, name: &OsStr, target: u16) -> Result<()> {
         let stack = self.stack();
         let path = parent.path.join(name);
@@ -201,17 +207,19 @@ impl Union {
                 })
                 .is_some()
         });
+        // A directory moved into a merged parent must not merge with what a lower branch
+        // has (or later gets) under its new name: overlayfs marks it opaque too.
+        let lower_has = lower_has || parent.layers.iter().any(|&l| l != target);
         let dir = self.ensure_parents(&stack, target, &parent.path)?;
+        // An opaque marker the directory already had travels with it (as in a plain
+        // rename on overlayfs); one is added only where something lower must be hidden.
         if lower_has {
             stack
                 .format
                 .set_opaque(dir.as_fd(), name)
                 .ctx("rename", &path)
         } else {
-            stack
-                .format
-                .clear_opaque(dir.as_fd(), name)
-                .ctx("rename", &path)
+            Ok(())
         }
     }
 }

@@ -116,6 +116,16 @@ impl Union {
             })
     }
 
+    /// Where an xattr change goes: a lower hard link whose inode is already up changes
+    /// that inode in place (the name stays lower, as on overlayfs); anything else is
+    /// copied up first.
+    fn copy_up_meta_target(&self, obj: &Obj) -> Result<Obj> {
+        if obj.indexed.is_some() {
+            return Ok(obj.clone());
+        }
+        self.copy_up(obj, Data::Full)
+    }
+
     /// Reads one xattr (`Ok(None)`: not set).
     pub fn getxattr(&self, obj: &Obj, attr: &OsStr) -> Result<Option<Vec<u8>>> {
         let stored = self.stored_name(obj, attr, "getxattr")?;
@@ -137,7 +147,7 @@ impl Union {
     /// Sets an xattr (copy-up first, as overlayfs does even if the call then fails).
     pub fn setxattr(&self, obj: &Obj, attr: &OsStr, value: &[u8], flags: i32) -> Result<Obj> {
         let stored = self.stored_name(obj, attr, "setxattr")?;
-        let up = self.copy_up(obj, Data::Full)?;
+        let up = self.copy_up_meta_target(obj)?;
         let (dir, name) = self.xattr_target(&up)?;
         sys::setxattr(dir.as_fd(), &name, &stored, value, flags).ctx("setxattr", &obj.path)?;
         Ok(up)
@@ -149,7 +159,7 @@ impl Union {
         if self.getxattr(obj, attr)?.is_none() {
             return Err(super::error::errno("removexattr", &obj.path, libc::ENODATA));
         }
-        let up = self.copy_up(obj, Data::Full)?;
+        let up = self.copy_up_meta_target(obj)?;
         let (dir, name) = self.xattr_target(&up)?;
         sys::removexattr(dir.as_fd(), &name, &stored).ctx("removexattr", &obj.path)?;
         Ok(up)
