@@ -175,6 +175,7 @@ impl Union {
 }
 
 /// Creates `name` in `dst` as a copy of the directory `name` in `src` (metadata only).
+#[allow(clippy::too_many_arguments)]
 fn copy_dir_meta(
     stack: &Stack,
     target: u16,

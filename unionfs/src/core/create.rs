@@ -205,7 +205,7 @@ impl Union {
         sys::linkat(sdir.as_fd(), up.name(), dir.as_fd(), name).ctx("link", &path)?;
         let p = parent_in(&stack, parent, target)?;
         let mut new = lookup_in(&stack, p.as_ref().unwrap_or(parent), name)?
-            .ok_or_else(|| CoreError::NotFound { op: "link", path })?;
+            .ok_or(CoreError::NotFound { op: "link", path })?;
         // Both names are one inode: keep the number the source already had.
         new.ino = up.ino;
         Ok(new)

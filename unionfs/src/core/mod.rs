@@ -348,21 +348,20 @@ impl Union {
         } else {
             let dir =
                 parent_fd(&stack, target.top(), target.parent_path()).ctx("open", &obj.path)?;
-            sys::openat(dir.as_fd(), target.name(), open_flags | libc::O_NONBLOCK, 0).and_then(
+            sys::openat(dir.as_fd(), target.name(), open_flags | libc::O_NONBLOCK, 0).inspect(
                 |fd| {
                     // O_NONBLOCK only kept fifos from blocking the daemon; drop it again.
                     if flags & libc::O_NONBLOCK == 0 {
                         unsafe {
                             let fl =
-                                libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_GETFL);
+                                libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::F_GETFL);
                             libc::fcntl(
-                                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                                std::os::fd::AsRawFd::as_raw_fd(fd),
                                 libc::F_SETFL,
                                 fl & !libc::O_NONBLOCK,
                             );
                         }
                     }
-                    Ok(fd)
                 },
             )
         }

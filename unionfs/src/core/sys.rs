@@ -277,10 +277,6 @@ pub(crate) fn utimensat(
     })
 }
 
-pub(crate) fn futimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> io::Result<()> {
-    check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) })
-}
-
 pub(crate) fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
     check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) })
 }
@@ -492,13 +488,6 @@ pub(crate) fn listxattr(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<OsS
 pub(crate) struct RawDirEntry {
     pub(crate) name: OsString,
     pub(crate) d_type: u8,
-    pub(crate) ino: u64,
-}
-
-/// Reads every entry of the directory `rel` beneath `dir` (without "." and "..").
-pub(crate) fn read_dir(dir: BorrowedFd<'_>, rel: &Path) -> io::Result<Vec<RawDirEntry>> {
-    let fd = open_beneath(dir, rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-    read_dir_fd(&fd)
 }
 
 pub(crate) fn read_dir_fd(fd: &OwnedFd) -> io::Result<Vec<RawDirEntry>> {
@@ -523,7 +512,6 @@ pub(crate) fn read_dir_fd(fd: &OwnedFd) -> io::Result<Vec<RawDirEntry>> {
         while pos < n as usize {
             // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
             let rec = &buf[pos..];
-            let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
             let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
             let d_type = rec[18];
             let name_bytes = &rec[19..reclen];
@@ -534,7 +522,6 @@ pub(crate) fn read_dir_fd(fd: &OwnedFd) -> io::Result<Vec<RawDirEntry>> {
                 out.push(RawDirEntry {
                     name: OsString::from_vec(name.to_vec()),
                     d_type,
-                    ino,
                 });
             }
             pos += reclen;

@@ -219,6 +219,7 @@ impl WhiteoutFormat {
     }
 
     /// Removes the opaque marker of the directory `name` in `dir`, if any.
+    #[cfg(test)]
     pub(crate) fn clear_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         let r = match self {
             WhiteoutFormat::Overlay { .. } => {

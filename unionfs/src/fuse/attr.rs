@@ -45,20 +45,6 @@ pub(crate) fn file_type(mode: u32) -> FileType {
     }
 }
 
-/// The FUSE file type of a `DT_*` value (None: unknown).
-pub(crate) fn dtype_file_type(d: u8) -> Option<FileType> {
-    Some(match d {
-        libc::DT_DIR => FileType::Directory,
-        libc::DT_LNK => FileType::Symlink,
-        libc::DT_FIFO => FileType::NamedPipe,
-        libc::DT_SOCK => FileType::Socket,
-        libc::DT_CHR => FileType::CharDevice,
-        libc::DT_BLK => FileType::BlockDevice,
-        libc::DT_REG => FileType::RegularFile,
-        _ => return None,
-    })
-}
-
 /// Attributes for `obj` from the stat `st` of its top instance; `nlink` overrides the
 /// link count (merged directories).
 pub(crate) fn to_attr(obj: &Obj, st: &Stat, nlink: Option<u64>) -> FileAttr {
@@ -136,6 +122,5 @@ mod tests {
         assert_eq!(file_type(libc::S_IFCHR), FileType::CharDevice);
         assert_eq!(file_type(libc::S_IFBLK), FileType::BlockDevice);
         assert_eq!(file_type(libc::S_IFREG), FileType::RegularFile);
-        assert_eq!(dtype_file_type(libc::DT_UNKNOWN), None);
     }
 }

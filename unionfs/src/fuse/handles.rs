@@ -21,7 +21,6 @@ pub(crate) struct FileHandle {
     /// (top branch, indexed) the fd was opened on.
     pub(crate) opened_on: Mutex<(u16, bool)>,
     pub(crate) writable: bool,
-    pub(crate) flags: i32,
 }
 
 pub(crate) struct DirHandle {

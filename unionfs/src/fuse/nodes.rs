@@ -183,8 +183,4 @@ impl NodeTable {
             .map(|i| i.value().clone())
             .collect()
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
 }

@@ -1,0 +1,225 @@
+//! The adapter's plumbing: node and handle bookkeeping that every handler shares
+//! (fresh objects, refresh after moves, creating entries, reopening copied-up files).
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Errno, FileHandle, Generation, INodeNo, ReplyEntry, Request};
+
+use super::handles::{Handle, HandleTable};
+use super::nodes::{Node, NodeTable};
+use super::{attr, caller, err, Res, Ttls, UnionFs};
+use crate::core::create::NewKind;
+use crate::core::setattr::SetAttr;
+use crate::core::{CoreError, Obj, Union};
+
+impl UnionFs {
+    /// Wraps a union for serving.
+    pub fn new(union: Arc<Union>, ttl: Ttls) -> Result<UnionFs, CoreError> {
+        let root = union.root()?;
+        Ok(UnionFs {
+            union,
+            nodes: NodeTable::new(root),
+            handles: HandleTable::new(),
+            ttl,
+        })
+    }
+
+    pub(super) fn node(&self, ino: INodeNo) -> Res<Arc<Node>> {
+        self.nodes.get(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    pub(super) fn attr_of(&self, obj: &Obj, st: &crate::core::Stat) -> Res<fuser::FileAttr> {
+        let nlink = if obj.is_dir() && obj.layers.len() > 1 {
+            Some(self.union.dir_nlink(obj).map_err(err)?)
+        } else {
+            None
+        };
+        Ok(attr::to_attr(obj, st, nlink))
+    }
+
+    /// Looks `name` up in `parent` and records the kernel's new reference.
+    pub(super) fn do_lookup(&self, parent: &Obj, name: &OsStr) -> Res<fuser::FileAttr> {
+        let obj = self.union.lookup(parent, name).map_err(err)?;
+        let a = self.attr_of(&obj, &obj.st)?;
+        self.nodes.remember(obj);
+        Ok(a)
+    }
+
+    /// Re-reads a node's object from the union (after a change that may have moved it,
+    /// e.g. a copy-up of a parent directory).
+    pub(super) fn refresh(&self, node: &Node) -> Res<Obj> {
+        let obj = node.obj();
+        let stack = self.union.stack();
+        match self.union.relookup(&stack, &obj) {
+            Ok(mut fresh) => {
+                // A hard link keeps the number it was given.
+                fresh.ino = obj.ino;
+                node.set_obj(fresh.clone());
+                Ok(fresh)
+            }
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// A node's object, looked up again if directory layers changed since it was found
+    /// (a parent copied up by a change below it, a rename).
+    pub(super) fn current(&self, node: &Node) -> Res<Obj> {
+        let obj = node.obj();
+        if obj.gen == self.union.stack().layers_gen() {
+            return Ok(obj);
+        }
+        // A name that is gone (an open, unlinked file) keeps its last state.
+        Ok(self.refresh(node).unwrap_or(obj))
+    }
+
+    pub(super) fn reply_entry(&self, reply: ReplyEntry, r: Res<fuser::FileAttr>) {
+        match r {
+            Ok(a) => {
+                let (attr_ttl, entry_ttl) = self.ttls_for(&a);
+                reply.entry_with_ttls(&attr_ttl, &entry_ttl, &a, Generation(0))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Cache lifetimes for one answer. A hard-linked file is never cached by name: FUSE
+    /// names only the inode in setattr/open, so the node must learn which name the
+    /// kernel walked through (copy-up lands under that name, as in overlayfs).
+    pub(super) fn ttls_for(&self, a: &fuser::FileAttr) -> (Duration, Duration) {
+        if a.nlink > 1 && a.kind != fuser::FileType::Directory {
+            (Duration::ZERO, Duration::ZERO)
+        } else {
+            (self.ttl.attr, self.ttl.entry)
+        }
+    }
+
+    /// Creates an object and answers with its entry.
+    pub(super) fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        kind: NewKind<'_>,
+    ) -> Res<(fuser::FileAttr, Option<OwnedFd>, Obj)> {
+        let pnode = self.node(parent)?;
+        let pobj = self.current(&pnode)?;
+        let (obj, fd) = self
+            .union
+            .create(&pobj, name, mode, kind, caller(req))
+            .map_err(err)?;
+        let _ = self.refresh(&pnode);
+        let a = self.attr_of(&obj, &obj.st)?;
+        self.nodes.remember(obj.clone());
+        Ok((a, fd, obj))
+    }
+
+    pub(super) fn file_handle(&self, fh: FileHandle) -> Res<Arc<Handle>> {
+        self.handles.get(fh.0).ok_or(Errno::EBADF)
+    }
+
+    /// The fd of an open file, reopened if the file was copied up since it was opened.
+    pub(super) fn fd_for(&self, fh: FileHandle, for_write: bool) -> Res<Arc<OwnedFd>> {
+        let h = self.file_handle(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(Errno::EISDIR);
+        };
+        if !for_write && !f.writable {
+            if let Some(node) = self.nodes.get(f.ino) {
+                let obj = self.current(&node)?;
+                let now = (obj.layers[0], obj.indexed.is_some());
+                let mut on = f.opened_on.lock();
+                if *on != now {
+                    if let Ok((fd, _)) = self.union.open(&obj, libc::O_RDONLY) {
+                        *f.fd.write() = Arc::new(fd);
+                        *on = now;
+                    }
+                }
+            }
+        }
+        let fd = f.fd.read().clone();
+        Ok(fd)
+    }
+
+    pub(super) fn setattr_inner(
+        &self,
+        ino: INodeNo,
+        a: &SetAttr,
+        fh: Option<FileHandle>,
+    ) -> Res<fuser::FileAttr> {
+        let node = self.node(ino)?;
+        let obj = self.current(&node)?;
+        let fd = match fh {
+            Some(fh) if a.size.is_some() => self.fd_for(fh, true).ok(),
+            _ => None,
+        };
+        let up = self
+            .union
+            .setattr(&obj, a, fd.as_ref().map(|f| f.as_fd()))
+            .map_err(err)?;
+        node.set_obj(up.clone());
+        self.attr_of(&up, &up.st)
+    }
+
+    pub(super) fn dir_entries(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+    ) -> Res<(Obj, Arc<Vec<crate::core::DirEntry>>)> {
+        let node = self.node(ino)?;
+        let obj = self.current(&node)?;
+        let h = self.file_handle(fh)?;
+        let Handle::Dir(d) = &*h else {
+            return Err(Errno::ENOTDIR);
+        };
+        let mut slot = d.entries.lock();
+        if let Some(e) = &*slot {
+            return Ok((obj, e.clone()));
+        }
+        let list = Arc::new(self.union.readdir(&obj).map_err(err)?);
+        *slot = Some(list.clone());
+        Ok((obj, list))
+    }
+
+    pub(super) fn parent_ino(&self, obj: &Obj) -> u64 {
+        // ".." is answered by the kernel itself; its number here is informational.
+        let _ = obj;
+        crate::core::fuser_root_ino()
+    }
+
+    pub(super) fn after_rename(&self, from: &Path, to: &Path, exchange: bool) {
+        if exchange {
+            let tmp = Path::new("\0exchange");
+            self.nodes.rename_prefix(from, tmp);
+            self.nodes.rename_prefix(to, from);
+            self.nodes.rename_prefix(tmp, to);
+        } else {
+            self.nodes.rename_prefix(from, to);
+        }
+        for n in self.nodes.under(to) {
+            let _ = self.refresh(&n);
+        }
+        if exchange {
+            for n in self.nodes.under(from) {
+                let _ = self.refresh(&n);
+            }
+        }
+    }
+
+    /// A name was removed: nodes that were reached through it move to another of their
+    /// names, if they have one.
+    pub(super) fn after_remove(&self, path: &Path) {
+        for n in self.nodes.under(path) {
+            if let Some(other) = n.drop_name(path) {
+                let mut obj = n.obj();
+                obj.path = other;
+                n.set_obj(obj);
+                let _ = self.refresh(&n);
+            }
+        }
+    }
+}
