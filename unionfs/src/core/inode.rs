@@ -43,6 +43,13 @@ impl Stack {
         let _ = sys::setxattr(dir, name, OsStr::new(&attr), &ino.to_le_bytes(), 0);
     }
 
+    /// Records `ino` as the origin of `name` unless it already has one.
+    pub(crate) fn ensure_origin(&self, dir: BorrowedFd<'_>, name: &OsStr, ino: u64) {
+        if self.read_origin(dir, name).is_none() {
+            self.write_origin(dir, name, ino);
+        }
+    }
+
     /// How many names of a copied-up hard-linked inode are still lower-only (recorded on
     /// the copy; `None`: not an indexed hard link).
     pub(crate) fn read_nlink_lower(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {

@@ -76,8 +76,11 @@ impl Node {
     }
 
     pub(crate) fn set_obj(&self, obj: Obj) {
-        let obj = SlimObj::from_obj(obj);
+        let mut obj = SlimObj::from_obj(obj);
         let mut s = self.state.write();
+        // A node's number is its identity for the kernel: it never changes, whatever a
+        // later lookup computes (the kernel would otherwise see st_ino change).
+        obj.ino = s.obj.ino;
         if s.obj.path != obj.path {
             let old = std::mem::replace(&mut s.obj, obj);
             if !s.aliases.contains(&old.path) && s.aliases.len() < 8 && !old.is_dir() {

@@ -157,10 +157,11 @@ impl UnionFs {
             Some(fh) if a.size.is_some() => self.fd_for(fh, true).ok(),
             _ => None,
         };
-        let up = self
+        let mut up = self
             .union
             .setattr(&obj, a, fd.as_ref().map(|f| f.as_fd()))
             .map_err(err)?;
+        up.ino = ino.0;
         node.set_obj(up.clone());
         self.attr_of(&up, &up.st)
     }
