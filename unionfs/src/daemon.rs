@@ -136,15 +136,46 @@ fn serve_inner(
     let signals = block_signals();
     crate::core::prepare_process();
     let fs = UnionFs::new(Arc::new(union), cfg.ttl).map_err(|e| runtime(e.to_string()))?;
-    let mut session = fuser::Session::new(fs, &cfg.mountpoint, &fuse_config(cfg))
-        .map_err(|e| runtime(format!("cannot mount on {}: {e}", cfg.mountpoint.display())))?;
-    let mut unmounter = session.unmount_callable();
+    let fcfg = fuse_config(cfg);
+    let cannot =
+        |e: std::io::Error| runtime(format!("cannot mount on {}: {e}", cfg.mountpoint.display()));
+    let (session, unmount): (_, Box<dyn FnOnce() + Send>) = if unsafe { libc::geteuid() } == 0 {
+        // As root, mount type fuse.unionfs ourselves (see mount.rs).
+        let opts = crate::mount::RootMountOptions {
+            fsname: &cfg.fsname,
+            allow_other: cfg.allow_other || cfg.allow_root,
+            read_only: cfg.read_only,
+        };
+        let (fd, m) = crate::mount::mount(&cfg.mountpoint, &opts).map_err(cannot)?;
+        let acl = fcfg.acl;
+        match fuser::Session::from_fd(fs, fd, acl, fcfg) {
+            Ok(s) => (
+                s,
+                Box::new(move || {
+                    let _ = m.unmount();
+                }),
+            ),
+            Err(e) => {
+                let _ = m.unmount();
+                return Err(cannot(e));
+            }
+        }
+    } else {
+        let mut s = fuser::Session::new(fs, &cfg.mountpoint, &fcfg).map_err(cannot)?;
+        let mut unmounter = s.unmount_callable();
+        (
+            s,
+            Box::new(move || {
+                let _ = unmounter.unmount();
+            }),
+        )
+    };
     std::thread::Builder::new()
         .name("unionfs-signals".into())
         .spawn(move || {
             if let Ok(sig) = signals.wait() {
                 tracing::info!("{sig:?}: unmounting");
-                let _ = unmounter.unmount();
+                unmount();
             }
         })
         .map_err(|e| runtime(format!("cannot start the signal thread: {e}")))?;
