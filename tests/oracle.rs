@@ -14,7 +14,8 @@
 //! - `UNIONFS_BIN`: the binary (else the workspace's `target/debug/unionfs`).
 //! - `UNIONFS_SOAK=N`: `oracle_soak` runs N sequences with random seeds (printed).
 //! - `UNIONFS_ORACLE_PEER=kernel`: test kernel against kernel (the harness's self-check).
-//! - `UNIONFS_ORACLE_SEEDS=3,17,40`: run only these seeds (of the fixed 0..200).
+//! - `UNIONFS_ORACLE_SEEDS=3,17,40`: run only these seeds (of the fixed 0..200; with
+//!   `UNIONFS_SOAK=1`, any seeds, e.g. ones a soak run printed).
 //! - `UNIONFS_ORACLE_OPS=N` (default 50), `UNIONFS_ORACLE_EVERY=N` (visible trees
 //!   compared every N steps, default 10, 0 = only at the end).
 //! - `UNIONFS_ORACLE_MINIMIZE=N`: failing seeds per test that get a minimized op list
@@ -247,7 +248,11 @@ fn oracle_soak() {
             .as_nanos() as u64
             ^ std::process::id() as u64,
     );
-    let seeds: Vec<u64> = (0..n).map(|_| r.next_u64() >> 16).collect();
+    // UNIONFS_ORACLE_SEEDS replays given soak seeds (e.g. ones a soak printed).
+    let seeds: Vec<u64> = match std::env::var("UNIONFS_ORACLE_SEEDS") {
+        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Err(_) => (0..n).map(|_| r.next_u64() >> 16).collect(),
+    };
     eprintln!("oracle_soak: seeds {seeds:?}");
     run_seeds("oracle_soak", &cfg, &seeds);
 }

@@ -153,6 +153,13 @@ impl Union {
     pub(crate) fn copy_tree_up(&self, dir: &Obj) -> Result<Obj> {
         let up = self.copy_up(dir, Data::Full)?;
         let target = up.top();
+        // Once moved, the copy may stand alone: it must still report the number it has
+        // now (a merged directory's comes from its lowest layer, which stays behind).
+        {
+            let stack = self.stack();
+            let p = parent_fd(&stack, target, up.parent_path()).ctx("copy-up", &up.path)?;
+            stack.ensure_origin(p.as_fd(), up.name(), dir.ino);
+        }
         for e in self.readdir(&up)? {
             if e.branch == target {
                 // Already there; but a merged subdirectory still needs its lower parts.

@@ -177,12 +177,6 @@ impl Union {
             if up.top() != target {
                 return Err(errno("rename", &obj.path, libc::EXDEV));
             }
-            // Alone at its new name, the copy must still report the number it had
-            // (a merged directory's comes from its lowest layer, which stays behind).
-            let stack = self.stack();
-            let dir =
-                super::parent_fd(&stack, target, up.parent_path()).ctx("rename", &obj.path)?;
-            stack.ensure_origin(dir.as_fd(), up.name(), obj.ino);
             Ok(up)
         } else {
             self.copy_up_to(obj, target)
