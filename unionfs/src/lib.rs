@@ -10,3 +10,4 @@ pub mod core;
 pub mod daemon;
 pub mod fuse;
 pub mod mount;
+pub mod offline;

@@ -5,6 +5,16 @@ use clap::Parser;
 use unionfs::cli::{args::Args, CliError, MountConfig};
 
 fn main() {
+    // Tools are subcommands; anything else is the mount command line (whose first
+    // argument may be a branch list or a mount point, so it cannot be a clap subcommand).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("diff" | "merge" | "export" | "import") => {
+            init_logging(0);
+            std::process::exit(unionfs::offline::main(&argv[1..]));
+        }
+        _ => {}
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
