@@ -136,6 +136,7 @@ fn serve_inner(
     let signals = block_signals();
     crate::core::prepare_process();
     let fs = UnionFs::new(Arc::new(union), cfg.ttl).map_err(|e| runtime(e.to_string()))?;
+    let control = fs.control();
     let fcfg = fuse_config(cfg);
     let cannot =
         |e: std::io::Error| runtime(format!("cannot mount on {}: {e}", cfg.mountpoint.display()));
@@ -179,13 +180,32 @@ fn serve_inner(
             }
         })
         .map_err(|e| runtime(format!("cannot start the signal thread: {e}")))?;
+    control.set_notifier(session.notifier());
+    // The control socket (unionfs ctl); a union without one still works.
+    let socket = match crate::ctl::server::bind(&cfg.mountpoint) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            tracing::warn!("no control socket for {}: {e}", cfg.mountpoint.display());
+            None
+        }
+    };
+    if let Some(s) = &socket {
+        let (s, mp) = (s.clone(), cfg.mountpoint.clone());
+        let _ = std::thread::Builder::new()
+            .name("unionfs-ctl".into())
+            .spawn(move || s.serve(control, mp));
+    }
     if let Some(mut f) = ready.take() {
         let _ = f.write_all(b"ok\n");
         detach_stdio();
     }
-    session
+    let r = session
         .run()
-        .map_err(|e| runtime(format!("serving {}: {e}", cfg.mountpoint.display())))
+        .map_err(|e| runtime(format!("serving {}: {e}", cfg.mountpoint.display())));
+    if let Some(s) = socket {
+        s.remove();
+    }
+    r
 }
 
 fn detach_stdio() {

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod core;
+pub mod ctl;
 pub mod daemon;
 pub mod fuse;
 pub mod mount;

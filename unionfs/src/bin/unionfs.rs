@@ -9,6 +9,10 @@ fn main() {
     // argument may be a branch list or a mount point, so it cannot be a clap subcommand).
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match argv.get(1).and_then(|a| a.to_str()) {
+        Some("ctl") => {
+            init_logging(0);
+            std::process::exit(unionfs::ctl::client::main(&argv[1..]));
+        }
         Some("diff" | "merge" | "export" | "import") => {
             init_logging(0);
             std::process::exit(unionfs::offline::main(&argv[1..]));

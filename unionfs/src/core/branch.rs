@@ -116,18 +116,23 @@ pub(crate) fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     }
 }
 
-/// One branch of the union.
-#[derive(Debug)]
+/// One branch of the union. Cloning shares the open directory and work dir (a stack
+/// change builds a new list of branches from the old ones).
+#[derive(Debug, Clone)]
 pub struct Branch {
     /// The directory, as given (canonicalized).
     pub path: PathBuf,
     /// rw or ro.
     pub mode: Mode,
-    pub(crate) fd: OwnedFd,
+    pub(crate) fd: std::sync::Arc<OwnedFd>,
     /// The backing filesystem's device number.
     pub dev: u64,
-    pub(crate) work: Option<WorkDir>,
+    pub(crate) work: Option<std::sync::Arc<WorkDir>>,
+    /// Unique for the life of the process: names the branch across stack changes.
+    pub id: u64,
 }
+
+static NEXT_BRANCH_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Branch {
     /// Opens a branch directory. The caller has validated the path.
@@ -151,9 +156,10 @@ impl Branch {
         Ok(Branch {
             path: path.to_path_buf(),
             mode,
-            fd,
+            fd: std::sync::Arc::new(fd),
             dev: st.st_dev,
             work: None,
+            id: NEXT_BRANCH_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -173,7 +179,7 @@ impl Branch {
                 self.path.join(HIDDEN_WORK_NAME),
             )?,
         };
-        self.work = Some(wd);
+        self.work = Some(std::sync::Arc::new(wd));
         Ok(())
     }
 

@@ -71,7 +71,10 @@ impl Union {
         if obj.is_dir() {
             copy_dir_into(&stack, target, obj, parent.as_fd())?;
         } else {
-            copy_file_into(&stack, target, obj, parent.as_fd(), data)?;
+            let copied = copy_file_into(&stack, target, obj, parent.as_fd(), data)?;
+            use std::sync::atomic::Ordering::Relaxed;
+            self.stats.copy_ups.fetch_add(1, Relaxed);
+            self.stats.bytes_copied.fetch_add(copied, Relaxed);
         }
         self.relookup(&stack, obj)
     }
@@ -273,7 +276,7 @@ fn work_of<'a>(stack: &'a Stack, target: u16, rel: &Path) -> Result<&'a super::b
     stack
         .branch(target)
         .work
-        .as_ref()
+        .as_deref()
         .ok_or_else(|| errno("copy-up", rel, libc::EROFS))
 }
 
@@ -320,14 +323,14 @@ fn copy_file_into(
     obj: &Obj,
     dst: BorrowedFd<'_>,
     data: Data,
-) -> Result<()> {
+) -> Result<u64> {
     let rel = &obj.path;
     let name = obj.name();
     let work = work_of(stack, target, rel)?;
     // A lower hard link whose inode is already up: link the copy under this name too.
     if let Some((k, key)) = &obj.indexed {
         if *k == target {
-            return link_up(stack, work, key, dst, name, rel);
+            return link_up(stack, work, key, dst, name, rel).map(|()| 0);
         }
     }
     let src = parent_fd(stack, obj.top(), obj.parent_path()).ctx("copy-up", rel)?;
@@ -339,7 +342,7 @@ fn copy_file_into(
             .ctx("copy-up", rel)?
             .is_some()
         {
-            return link_up(stack, work, key, dst, name, rel);
+            return link_up(stack, work, key, dst, name, rel).map(|()| 0);
         }
     }
     let tmp = OsString::from(work.temp_name());
@@ -354,14 +357,19 @@ fn copy_file_into(
         // This name moves up; the others still lead to the lower file.
         match add_to_index(stack, work, &tmp, key, st.st_nlink - 1).ctx("copy-up", rel)? {
             true => {}
-            false => return link_up(stack, work, key, dst, name, rel),
+            false => return link_up(stack, work, key, dst, name, rel).map(|()| 0),
         }
     }
     let r = place(work.tmp.as_fd(), &tmp, dst, name, rel);
     if r.is_err() {
         let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, false);
     }
-    r
+    let copied = match (st.st_mode & libc::S_IFMT, data) {
+        (libc::S_IFREG, Data::Full) => st.st_size.max(0) as u64,
+        (libc::S_IFREG, Data::Truncate(n)) => n.min(st.st_size.max(0) as u64),
+        _ => 0,
+    };
+    r.map(|()| copied)
 }
 
 /// Links the finished copy `tmp` into the hard-link index with its count of names still

@@ -15,6 +15,7 @@ mod lookup;
 mod readdir;
 mod rename;
 pub mod setattr;
+pub mod stackops;
 pub(crate) mod sys;
 pub mod whiteout;
 
@@ -99,6 +100,7 @@ pub struct Stack {
     /// Bumped whenever an existing directory gains or loses a layer (copy-up of a
     /// directory, rename, rmdir): an `Obj` of a directory found before is then stale.
     layers_gen: std::sync::atomic::AtomicU64,
+    born: u64,
 }
 
 impl Stack {
@@ -127,18 +129,31 @@ impl Stack {
                 }
             }
         }
+        Ok(Stack::with_format(branches, format, 0))
+    }
+
+    /// A stack in a known format whose objects start at generation `born` (a stack
+    /// that replaces another starts past every generation the old one handed out).
+    pub(crate) fn with_format(branches: Vec<Branch>, format: WhiteoutFormat, born: u64) -> Stack {
         let mut devs: Vec<u64> = Vec::new();
         for b in &branches {
             if !devs.contains(&b.dev) {
                 devs.push(b.dev);
             }
         }
-        Ok(Stack {
+        Stack {
             branches,
             format,
             devs,
-            layers_gen: std::sync::atomic::AtomicU64::new(0),
-        })
+            layers_gen: std::sync::atomic::AtomicU64::new(born),
+            born,
+        }
+    }
+
+    /// Whether `obj` was found on this very stack (its branch indices mean something
+    /// here); objects from an earlier stack must be looked up again.
+    pub fn owns(&self, obj: &Obj) -> bool {
+        obj.gen >= self.born
     }
 
     /// The current layer generation (see `Obj::gen`).
@@ -147,7 +162,7 @@ impl Stack {
     }
 
     /// Directory layers changed somewhere: objects found before must be looked up again.
-    pub(crate) fn bump_layers(&self) {
+    pub fn bump_layers(&self) {
         self.layers_gen
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
@@ -158,6 +173,11 @@ impl Stack {
 
     fn is_rw(&self, i: u16) -> bool {
         self.branch(i).is_rw()
+    }
+
+    /// Whether the branch with this id is in the stack and read-write.
+    pub fn is_rw_id(&self, id: u64) -> bool {
+        self.branches.iter().any(|b| b.id == id && b.is_rw())
     }
 
     /// Index of the topmost rw branch.
@@ -256,6 +276,22 @@ pub struct Union {
     /// Mount-time rules.
     pub config: Config,
     locks: Vec<Mutex<()>>,
+    /// Operations hold it shared; a stack change holds it exclusively, so each change
+    /// is atomic with respect to in-flight operations.
+    gate: RwLock<()>,
+    /// Counters for `ctl stats`.
+    pub stats: Stats,
+}
+
+/// What the union has done so far.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Copy-ups of non-directories done.
+    pub copy_ups: std::sync::atomic::AtomicU64,
+    /// Bytes those copy-ups copied.
+    pub bytes_copied: std::sync::atomic::AtomicU64,
+    /// File-system operations served.
+    pub ops: std::sync::atomic::AtomicU64,
 }
 
 impl Union {
@@ -265,7 +301,34 @@ impl Union {
             stack: RwLock::new(Arc::new(stack)),
             config,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            gate: RwLock::new(()),
+            stats: Stats::default(),
         }
+    }
+
+    /// Held (shared) for the length of one file-system operation.
+    /// Recursive: a handler may take it again (a waiting change must not deadlock it).
+    pub fn op_guard(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.stats
+            .ops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.gate.read_recursive()
+    }
+
+    /// Replaces the branch stack in one step: waits for in-flight operations, builds
+    /// the new stack from the current one with `change`, and swaps it in. Every object
+    /// found before is stale afterwards.
+    pub fn change_stack<T, E>(
+        &self,
+        change: impl FnOnce(&Stack) -> std::result::Result<(Vec<Branch>, T), E>,
+    ) -> std::result::Result<T, E> {
+        let _excl = self.gate.write();
+        let old = self.stack();
+        let (branches, out) = change(&old)?;
+        let born = old.layers_gen() + 1;
+        let new = Stack::with_format(branches, old.format, born);
+        *self.stack.write() = Arc::new(new);
+        Ok(out)
     }
 
     /// The stack in force now (operations work on one consistent snapshot of it).

@@ -18,9 +18,11 @@ use crate::core::DirEntry;
 pub(crate) struct FileHandle {
     pub(crate) ino: u64,
     pub(crate) fd: RwLock<Arc<OwnedFd>>,
-    /// (top branch, indexed) the fd was opened on.
-    pub(crate) opened_on: Mutex<(u16, bool)>,
+    /// (branch id, indexed) the fd was opened on.
+    pub(crate) opened_on: Mutex<(u64, bool)>,
     pub(crate) writable: bool,
+    /// open(2) flags, to reopen the file where it moved.
+    pub(crate) flags: i32,
 }
 
 pub(crate) struct DirHandle {
@@ -60,8 +62,18 @@ impl HandleTable {
     }
 
     /// Open file handles (for stats).
-    #[allow(dead_code)]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Open files whose fd lives on the branch with this id.
+    pub(crate) fn open_on(&self, branch_id: u64) -> usize {
+        self.map
+            .iter()
+            .filter(|h| match &**h.value() {
+                Handle::File(f) => f.opened_on.lock().0 == branch_id,
+                Handle::Dir(_) => false,
+            })
+            .count()
     }
 }

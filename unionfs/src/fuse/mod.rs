@@ -5,9 +5,12 @@
 //! every error becomes an errno reply.
 
 pub mod attr;
+mod control;
 mod handles;
 mod nodes;
 mod plumbing;
+
+pub use control::Control;
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -34,8 +37,8 @@ use nodes::NodeTable;
 /// The union as a FUSE filesystem.
 pub struct UnionFs {
     union: Arc<Union>,
-    nodes: NodeTable,
-    handles: HandleTable,
+    nodes: Arc<NodeTable>,
+    handles: Arc<HandleTable>,
     ttl: Ttls,
 }
 
@@ -78,6 +81,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _gate = self.union.op_guard();
         let r = self
             .node(parent)
             .and_then(|p| self.do_lookup(&self.current(&p)?, name));
@@ -89,6 +93,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _gate = self.union.op_guard();
         let r = (|| {
             let node = self.node(ino)?;
             let obj = self.current(&node)?;
@@ -130,6 +135,7 @@ impl fuser::Filesystem for UnionFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _gate = self.union.op_guard();
         let a = SetAttr {
             mode,
             uid,
@@ -145,6 +151,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _gate = self.union.op_guard();
         match self
             .node(ino)
             .and_then(|n| self.union.readlink(&self.current(&n)?).map_err(err))
@@ -164,6 +171,7 @@ impl fuser::Filesystem for UnionFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _gate = self.union.op_guard();
         let perm = mode & !umask & 0o7777 | (mode & libc::S_IFMT);
         let kind = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
             NewKind::File {
@@ -185,6 +193,7 @@ impl fuser::Filesystem for UnionFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _gate = self.union.op_guard();
         let r = self
             .make(req, parent, name, mode & !umask & 0o7777, NewKind::Dir)
             .map(|(a, _, _)| a);
@@ -192,6 +201,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _gate = self.union.op_guard();
         let r = (|| {
             let p = self.node(parent)?;
             let pobj = self.current(&p)?;
@@ -207,6 +217,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _gate = self.union.op_guard();
         let r = (|| {
             let p = self.node(parent)?;
             self.union.rmdir(&self.current(&p)?, name).map_err(err)?;
@@ -227,6 +238,7 @@ impl fuser::Filesystem for UnionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _gate = self.union.op_guard();
         let r = self
             .make(
                 req,
@@ -249,6 +261,7 @@ impl fuser::Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _gate = self.union.op_guard();
         let r = (|| {
             let p = self.node(parent)?;
             let np = self.node(newparent)?;
@@ -280,6 +293,7 @@ impl fuser::Filesystem for UnionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _gate = self.union.op_guard();
         let r = (|| {
             let n = self.node(ino)?;
             let np = self.node(newparent)?;
@@ -299,12 +313,13 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _gate = self.union.op_guard();
         let r = (|| {
             let node = self.node(ino)?;
             let obj = self.current(&node)?;
             let (fd, moved) = self.union.open(&obj, flags.0).map_err(err)?;
             let now = moved.as_ref().unwrap_or(&obj);
-            let on = (now.layers[0], now.indexed.is_some());
+            let on = self.location(now);
             if let Some(m) = moved {
                 node.set_obj(m);
             }
@@ -314,6 +329,7 @@ impl fuser::Filesystem for UnionFs {
                 fd: parking_lot::RwLock::new(Arc::new(fd)),
                 opened_on: parking_lot::Mutex::new(on),
                 writable: acc != libc::O_RDONLY,
+                flags: flags.0,
             };
             Ok(self.handles.insert(Handle::File(h)))
         })();
@@ -429,6 +445,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _gate = self.union.op_guard();
         match self.node(ino) {
             Ok(n) if n.obj().is_dir() => {
                 let fh = self.handles.insert(Handle::Dir(DirHandle {
@@ -449,6 +466,7 @@ impl fuser::Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _gate = self.union.op_guard();
         let (obj, list) = match self.dir_entries(ino, fh) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
@@ -493,6 +511,7 @@ impl fuser::Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _gate = self.union.op_guard();
         let (obj, list) = match self.dir_entries(ino, fh) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
@@ -589,6 +608,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _gate = self.union.op_guard();
         match self.union.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -614,6 +634,7 @@ impl fuser::Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _gate = self.union.op_guard();
         let r = self.node(ino).and_then(|n| {
             let up = self
                 .union
@@ -629,6 +650,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _gate = self.union.op_guard();
         match self
             .node(ino)
             .and_then(|n| self.union.getxattr(&self.current(&n)?, name).map_err(err))
@@ -640,6 +662,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _gate = self.union.op_guard();
         match self
             .node(ino)
             .and_then(|n| self.union.listxattr(&self.current(&n)?).map_err(err))
@@ -657,6 +680,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _gate = self.union.op_guard();
         let r = self.node(ino).and_then(|n| {
             let up = self
                 .union
@@ -672,6 +696,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _gate = self.union.op_guard();
         // The kernel checks permissions itself (default_permissions); this only tells
         // whether the object still exists.
         match self.node(ino) {
@@ -690,6 +715,7 @@ impl fuser::Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _gate = self.union.op_guard();
         let r = (|| {
             let (a, fd, obj) = self.make(
                 req,
@@ -703,8 +729,9 @@ impl fuser::Filesystem for UnionFs {
             let h = FHandle {
                 ino: obj.ino,
                 fd: parking_lot::RwLock::new(Arc::new(fd)),
-                opened_on: parking_lot::Mutex::new((obj.layers[0], false)),
+                opened_on: parking_lot::Mutex::new(self.location(&obj)),
                 writable: acc != libc::O_RDONLY,
+                flags,
             };
             Ok((a, self.handles.insert(Handle::File(h))))
         })();

@@ -178,6 +178,19 @@ impl NodeTable {
         }
     }
 
+    /// (number, path) of every node.
+    pub(crate) fn all(&self) -> Vec<(u64, std::path::PathBuf)> {
+        self.map
+            .iter()
+            .map(|i| (*i.key(), i.value().state.read().obj.path.clone()))
+            .collect()
+    }
+
+    /// How many nodes the kernel holds.
+    pub(crate) fn count(&self) -> usize {
+        self.map.len()
+    }
+
     /// Every node whose path is `path` or below it (for refreshing after a move).
     pub(crate) fn under(&self, path: &Path) -> Vec<Arc<Node>> {
         self.map

@@ -22,8 +22,8 @@ impl UnionFs {
         let root = union.root()?;
         Ok(UnionFs {
             union,
-            nodes: NodeTable::new(root),
-            handles: HandleTable::new(),
+            nodes: Arc::new(NodeTable::new(root)),
+            handles: Arc::new(HandleTable::new()),
             ttl,
         })
     }
@@ -129,9 +129,11 @@ impl UnionFs {
             return Err(Errno::EISDIR);
         };
         if !for_write && !f.writable {
+            // A reader follows the file to its copy, so all opens see the same data.
             if let Some(node) = self.nodes.get(f.ino) {
+                let _gate = self.union.op_guard();
                 let obj = self.current(&node)?;
-                let now = (obj.layers[0], obj.indexed.is_some());
+                let now = self.location(&obj);
                 let mut on = f.opened_on.lock();
                 if *on != now {
                     if let Ok((fd, _)) = self.union.open(&obj, libc::O_RDONLY) {
@@ -140,9 +142,38 @@ impl UnionFs {
                     }
                 }
             }
+        } else if for_write && !self.union.stack().is_rw_id(f.opened_on.lock().0) {
+            // The branch under this writer became read-only (a snapshot) or went away:
+            // later writes land in a copy on the new write target; the snapshot keeps
+            // the bytes it had.
+            if let Some(node) = self.nodes.get(f.ino) {
+                let _gate = self.union.op_guard();
+                let obj = self.current(&node)?;
+                let flags = f.flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL);
+                let (fd, moved) = self.union.open(&obj, flags).map_err(err)?;
+                let now = moved
+                    .as_ref()
+                    .map(|m| self.location(m))
+                    .unwrap_or(self.location(&obj));
+                if let Some(m) = moved {
+                    node.set_obj(m);
+                }
+                *f.fd.write() = Arc::new(fd);
+                *f.opened_on.lock() = now;
+            }
         }
         let fd = f.fd.read().clone();
         Ok(fd)
+    }
+
+    /// Where an object's data lives: (branch id, through the hard-link index).
+    pub(super) fn location(&self, obj: &Obj) -> (u64, bool) {
+        let stack = self.union.stack();
+        let id = stack
+            .branches
+            .get(obj.layers[0] as usize)
+            .map_or(0, |b| b.id);
+        (id, obj.indexed.is_some())
     }
 
     pub(super) fn setattr_inner(
