@@ -6,6 +6,7 @@
 mod util;
 
 mod cli;
+mod ctl;
 mod memory;
 mod mount;
 mod oracle;

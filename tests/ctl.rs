@@ -1,0 +1,259 @@
+//! `unionfs ctl`: branch changes on a live mount, snapshots with open writers, cache
+//! invalidation (no sleeps: a change must show at once), and bad input.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::util::*;
+
+struct Fx {
+    t: TempTree,
+    up: PathBuf,
+    low: PathBuf,
+    mnt: PathBuf,
+    _g: MountGuard,
+}
+
+fn mount() -> Option<Fx> {
+    if !require_root() {
+        return None;
+    }
+    let t = TempTree::new();
+    let up = t.mkdir("up");
+    let low = t.mkdir("low");
+    let mnt = t.mkdir("mnt");
+    t.write("low/base", "base\n");
+    let g = MountGuard::mount(
+        [
+            "--branch".to_string(),
+            format!("{}=rw", up.display()),
+            "--branch".to_string(),
+            format!("{}=ro", low.display()),
+            mnt.display().to_string(),
+        ],
+        &mnt,
+    );
+    Some(Fx {
+        t,
+        up,
+        low,
+        mnt,
+        _g: g,
+    })
+}
+
+fn ctl(mnt: &Path, args: &[&str]) -> Outcome {
+    let mut c = Command::new(unionfs_bin());
+    c.arg("ctl").arg(mnt).args(args);
+    run(&mut c)
+}
+
+fn list(mnt: &Path) -> Vec<(String, PathBuf)> {
+    let out = ctl(mnt, &["list", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("list --json");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|b| {
+            (
+                b["mode"].as_str().unwrap().to_string(),
+                PathBuf::from(b["path"].as_str().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn add_and_remove_show_at_once() {
+    let Some(fx) = mount() else { return };
+    let extra = fx.t.mkdir("extra");
+    fx.t.write("extra/only-extra", "from extra\n");
+    // Prime the kernel's caches: the name is absent, the directory listed.
+    assert!(fs::symlink_metadata(fx.mnt.join("only-extra")).is_err());
+    assert_eq!(list_dir(&fx.mnt), ["base"]);
+    ctl(&fx.mnt, &["add", extra.to_str().unwrap(), "--bottom"]).ok();
+    assert_eq!(
+        fs::read_to_string(fx.mnt.join("only-extra")).unwrap(),
+        "from extra\n"
+    );
+    assert_eq!(list_dir(&fx.mnt), ["base", "only-extra"]);
+    let l = list(&fx.mnt);
+    assert_eq!(l.len(), 3);
+    assert_eq!(l[2], ("ro".to_string(), extra.clone()));
+    // The same directory again is refused, and nothing changes.
+    let again = ctl(&fx.mnt, &["add", extra.to_str().unwrap()]);
+    assert_eq!(again.code(), Some(2), "{again}");
+    assert_eq!(list(&fx.mnt).len(), 3);
+    ctl(&fx.mnt, &["remove", extra.to_str().unwrap()]).ok();
+    assert!(fs::symlink_metadata(fx.mnt.join("only-extra")).is_err());
+    assert_eq!(list_dir(&fx.mnt), ["base"]);
+    // Re-moding: with every branch ro the union refuses writes at once; a lower branch
+    // made rw takes the copy-up of its own file; the top made rw again takes new files.
+    ctl(&fx.mnt, &["mode", "0", "ro"]).ok();
+    assert_eq!(list(&fx.mnt)[0].0, "ro");
+    let e = fs::write(fx.mnt.join("new"), "x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    ctl(&fx.mnt, &["mode", fx.low.to_str().unwrap(), "rw"]).ok();
+    fs::write(fx.mnt.join("base"), "changed in place\n").unwrap();
+    assert_eq!(fs::read_to_string(fx.low.join("base")).unwrap(), "changed in place\n");
+    ctl(&fx.mnt, &["mode", "0", "rw"]).ok();
+    fs::write(fx.mnt.join("new"), "x").unwrap();
+    assert!(fx.up.join("new").exists());
+}
+
+#[test]
+fn a_writer_keeps_writing_across_a_snapshot() {
+    let Some(fx) = mount() else { return };
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(fx.mnt.join("base"))
+        .unwrap();
+    f.write_all(b"one\n").unwrap();
+    let snap = fx.t.join("snap");
+    ctl(&fx.mnt, &["snapshot", snap.to_str().unwrap()]).ok();
+    let l = list(&fx.mnt);
+    assert_eq!(l[0], ("rw".to_string(), snap.clone()));
+    assert_eq!(l[1], ("ro".to_string(), fx.up.clone()));
+    f.write_all(b"two\n").unwrap();
+    f.flush().unwrap();
+    // Reading through the same descriptor sees everything it wrote.
+    let mut all = String::new();
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.read_to_string(&mut all).unwrap();
+    assert_eq!(all, "base\none\ntwo\n");
+    drop(f);
+    assert_eq!(fs::read_to_string(fx.up.join("base")).unwrap(), "base\none\n");
+    assert_eq!(
+        fs::read_to_string(snap.join("base")).unwrap(),
+        "base\none\ntwo\n"
+    );
+    assert_eq!(
+        fs::read_to_string(fx.mnt.join("base")).unwrap(),
+        "base\none\ntwo\n"
+    );
+    assert_eq!(fs::read_to_string(fx.low.join("base")).unwrap(), "base\n");
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let Some(fx) = mount() else { return };
+    let before = list(&fx.mnt);
+    for args in [
+        vec!["remove", "7"],
+        vec!["mode", "9", "rw"],
+        vec!["remove", "/nonexistent/branch"],
+        vec!["add", "/nonexistent/dir"],
+    ] {
+        let out = ctl(&fx.mnt, &args);
+        assert_eq!(out.code(), Some(2), "{out}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {out}");
+        assert!(lines[0].starts_with("unionfs: ctl: "), "{out}");
+    }
+    let out = ctl(&fx.mnt, &["add", "--index", "9", fx.t.mkdir("x").to_str().unwrap()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("out of range"), "{out}");
+    // Not a union at all.
+    let out = ctl(fx.t.path(), &["list"]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("not a mount point"), "{out}");
+    // Files open on a branch: remove is refused without --force.
+    let _open = fs::File::open(fx.mnt.join("base")).unwrap();
+    let out = ctl(&fx.mnt, &["remove", fx.low.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(1), "EBUSY: {out}");
+    assert!(out.stderr.contains("open files"), "{out}");
+    assert_eq!(list(&fx.mnt), before);
+    // Another user may not use root's socket.
+    if let Some((uid, gid)) = require_test_user() {
+        let bin = fx.t.install_bin();
+        let _ = (uid, gid);
+        let out = run(as_user(TEST_USER, &bin).arg("ctl").arg(&fx.mnt).arg("list"));
+        assert_eq!(out.code(), Some(2), "{out}");
+        assert!(out.stderr.contains("belongs to user 0"), "{out}");
+    }
+    assert_eq!(list(&fx.mnt), before);
+    let help = ctl(&fx.mnt, &["--help"]).ok();
+    for op in ["list", "add", "remove", "mode", "snapshot", "refresh", "stats"] {
+        assert!(help.stdout.contains(op), "--help lacks {op}:\n{}", help.stdout);
+    }
+}
+
+/// The union's expected view from the branch list alone (no deletes happen in the load
+/// test, so the first branch holding a name wins).
+fn model(branches: &[PathBuf]) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for b in branches.iter().rev() {
+        for e in fs::read_dir(b).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".unionfs") || !e.file_type().unwrap().is_file() {
+                continue;
+            }
+            m.insert(name, fs::read_to_string(e.path()).unwrap());
+        }
+    }
+    m
+}
+
+#[test]
+fn stack_changes_under_load() {
+    let Some(fx) = mount() else { return };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for t in 0..4 {
+        let (mnt, stop) = (fx.mnt.clone(), stop.clone());
+        workers.push(std::thread::spawn(move || -> Result<u64, String> {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let p = mnt.join(format!("w{t}"));
+                let v = format!("{t}:{n}\n");
+                fs::write(&p, &v).map_err(|e| format!("write {p:?} #{n}: {e}"))?;
+                let back = fs::read_to_string(&p).map_err(|e| format!("read {p:?} #{n}: {e}"))?;
+                if back != v {
+                    return Err(format!("{p:?}: wrote {v:?}, read {back:?}"));
+                }
+                let base = fs::read_to_string(mnt.join("base")).map_err(|e| format!("base: {e}"))?;
+                if base != "base\n" {
+                    return Err(format!("base reads {base:?}"));
+                }
+                n += 1;
+            }
+            Ok(n)
+        }));
+    }
+    let extra = fx.t.mkdir("extra");
+    fx.t.write("extra/e", "e\n");
+    for i in 0..50 {
+        let snap = fx.t.join(format!("snap{i:02}"));
+        ctl(&fx.mnt, &["snapshot", snap.to_str().unwrap()]).ok();
+        if i % 10 == 0 {
+            ctl(&fx.mnt, &["add", extra.to_str().unwrap(), "--bottom"]).ok();
+            ctl(&fx.mnt, &["mode", extra.to_str().unwrap(), "rw"]).ok();
+            ctl(&fx.mnt, &["mode", extra.to_str().unwrap(), "ro"]).ok();
+            ctl(&fx.mnt, &["remove", extra.to_str().unwrap()]).ok();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let n = w.join().expect("worker panicked").unwrap_or_else(|e| panic!("{e}"));
+        assert!(n > 0, "a worker made no progress");
+    }
+    let l = list(&fx.mnt);
+    assert_eq!(l.len(), 52, "50 snapshots + 2 branches: {l:?}");
+    assert!(l[0].0 == "rw" && l[1..].iter().all(|(m, _)| m == "ro"), "{l:?}");
+    let want = model(&l.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
+    let mut got = BTreeMap::new();
+    for name in list_dir(&fx.mnt) {
+        got.insert(name.clone(), fs::read_to_string(fx.mnt.join(&name)).unwrap());
+    }
+    assert_eq!(got, want);
+    let stats = ctl(&fx.mnt, &["stats", "--json"]).ok();
+    let s: serde_json::Value = serde_json::from_str(stats.stdout.trim()).unwrap();
+    assert!(s["copy_ups"].as_u64().unwrap() > 0, "{s}");
+}
