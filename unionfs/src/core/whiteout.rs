@@ -322,7 +322,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let b =
             super::super::branch::Branch::open(d.path(), super::super::branch::Mode::Rw).unwrap();
-        (d, b.fd)
+        (d, std::sync::Arc::try_unwrap(b.fd).unwrap())
     }
 
     #[test]
