@@ -382,9 +382,29 @@ pub(crate) fn getxattr(
     name: &OsStr,
     attr: &OsStr,
 ) -> io::Result<Option<Vec<u8>>> {
-    let path = xattr_target(dir, name)?;
     let attr = cstr(attr)?;
     let mut buf = vec![0u8; 256];
+    if !name.is_empty() && GETXATTRAT.load(std::sync::atomic::Ordering::Relaxed) {
+        let cname = cstr(name)?;
+        loop {
+            match getxattrat(dir, &cname, &attr, &mut buf) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(Some(buf));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => return Ok(None),
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 65536 * 2 => {
+                    buf.resize(buf.len() * 4, 0)
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                    GETXATTRAT.store(false, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let path = xattr_target(dir, name)?;
     loop {
         let n = unsafe {
             if name.is_empty() {
@@ -413,6 +433,47 @@ pub(crate) fn getxattr(
             Some(libc::ERANGE) if buf.len() < 65536 * 2 => buf.resize(buf.len() * 4, 0),
             _ => return Err(err),
         }
+    }
+}
+
+/// Whether the kernel has `getxattrat` (Linux 6.13+): one call instead of a walk
+/// through /proc/self/fd for every xattr read on the lookup path.
+static GETXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+#[cfg(target_arch = "x86_64")]
+const SYS_GETXATTRAT: libc::c_long = 464;
+#[cfg(target_arch = "aarch64")]
+const SYS_GETXATTRAT: libc::c_long = 464;
+
+fn getxattrat(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    let mut args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: buf.len() as u32,
+        flags: 0,
+    };
+    // SAFETY: pointers valid for the call; the kernel writes at most `size` bytes.
+    let n = unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+            attr.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

@@ -312,6 +312,9 @@ impl fuser::Filesystem for UnionFs {
         self.reply_entry(reply, r);
     }
 
+    /// Opens keep the kernel's page cache (FOPEN_KEEP_CACHE): every change to a file's
+    /// data goes through this mount (the kernel sees it) or through a stack change
+    /// (which invalidates), as on a local filesystem.
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _gate = self.union.op_guard();
         let r = (|| {
@@ -334,7 +337,7 @@ impl fuser::Filesystem for UnionFs {
             Ok(self.handles.insert(Handle::File(h)))
         })();
         match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e),
         }
     }
@@ -741,7 +744,7 @@ impl fuser::Filesystem for UnionFs {
                 &a,
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(e),
         }
