@@ -11,4 +11,5 @@ mod memory;
 mod mount;
 mod oracle;
 mod rootless;
+mod runner;
 mod tools;
