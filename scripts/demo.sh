@@ -84,3 +84,12 @@ say "unmount"
 run fusermount3 -u "$mnt"
 say "done: the upper branch keeps the changes, the lower branch is as it was"
 run ls -la "$upper"
+
+# Part two: the same union as a container's root filesystem (unionrun). It needs root
+# (namespaces, cgroups); as another user the union demo above is the whole tour.
+if [ "$(id -u)" -eq 0 ]; then
+    say "part two: a container whose root filesystem is such a union (scripts/demo-runner.sh)"
+    scripts/demo-runner.sh
+else
+    say "part two (a container on a union rootfs) needs root: sudo scripts/demo-runner.sh"
+fi
