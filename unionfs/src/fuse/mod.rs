@@ -206,7 +206,6 @@ impl fuser::Filesystem for UnionFs {
             let p = self.node(parent)?;
             let pobj = self.current(&p)?;
             self.union.unlink(&pobj, name).map_err(err)?;
-            let _ = self.refresh(&p);
             self.after_remove(&pobj.path.join(name));
             Ok(())
         })();
@@ -221,7 +220,6 @@ impl fuser::Filesystem for UnionFs {
         let r = (|| {
             let p = self.node(parent)?;
             self.union.rmdir(&self.current(&p)?, name).map_err(err)?;
-            let _ = self.refresh(&p);
             Ok(())
         })();
         match r {
@@ -269,8 +267,6 @@ impl fuser::Filesystem for UnionFs {
             self.union
                 .rename(&pobj, name, &npobj, newname, flags.bits())
                 .map_err(err)?;
-            let _ = self.refresh(&p);
-            let _ = self.refresh(&np);
             let exchange = flags.bits() & libc::RENAME_EXCHANGE != 0;
             let (from, to) = (pobj.path.join(name), npobj.path.join(newname));
             if !exchange {
@@ -302,7 +298,6 @@ impl fuser::Filesystem for UnionFs {
                 .union
                 .link(&obj, &self.current(&np)?, newname)
                 .map_err(err)?;
-            let _ = self.refresh(&np);
             // The source name moved up with the copy; its node follows.
             let _ = self.refresh(&n);
             let a = self.attr_of(&new, &new.st)?;

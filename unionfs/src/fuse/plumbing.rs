@@ -112,7 +112,6 @@ impl UnionFs {
             .union
             .create(&pobj, name, mode, kind, caller(req))
             .map_err(err)?;
-        let _ = self.refresh(&pnode);
         let a = self.attr_of(&obj, &obj.st)?;
         self.nodes.remember(obj.clone());
         Ok((a, fd, obj))
