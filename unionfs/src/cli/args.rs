@@ -58,8 +58,8 @@ Union options (-o):
   create=parent|top         where new files go: parent (default) = the highest branch holding
                             the parent directory if rw, else the topmost rw branch above it;
                             top = always the topmost rw branch
-  entry_timeout=SECS        how long the kernel caches name lookups (default 1)
-  attr_timeout=SECS         how long the kernel caches attributes (default 1)
+  entry_timeout=SECS        how long the kernel caches name lookups (default 60)
+  attr_timeout=SECS         how long the kernel caches attributes (default 60)
   allow_other               let other users use the mount (needs user_allow_other in
                             /etc/fuse.conf when not root)
   allow_root                let root use a user's mount

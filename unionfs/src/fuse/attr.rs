@@ -15,11 +15,15 @@ pub struct Ttls {
     pub attr: Duration,
 }
 
+/// A minute, as a local filesystem would cache for ever: every change goes through this
+/// mount (the kernel sees it), and what it cannot see (stack changes, out-of-band edits
+/// followed by `unionfs ctl MNT refresh`) is invalidated explicitly. Hard-linked files are
+/// never cached by name (see `ttls_for`).
 impl Default for Ttls {
     fn default() -> Self {
         Ttls {
-            entry: Duration::from_secs(1),
-            attr: Duration::from_secs(1),
+            entry: Duration::from_secs(60),
+            attr: Duration::from_secs(60),
         }
     }
 }
