@@ -100,7 +100,10 @@ fn add_and_remove_show_at_once() {
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     ctl(&fx.mnt, &["mode", fx.low.to_str().unwrap(), "rw"]).ok();
     fs::write(fx.mnt.join("base"), "changed in place\n").unwrap();
-    assert_eq!(fs::read_to_string(fx.low.join("base")).unwrap(), "changed in place\n");
+    assert_eq!(
+        fs::read_to_string(fx.low.join("base")).unwrap(),
+        "changed in place\n"
+    );
     ctl(&fx.mnt, &["mode", "0", "rw"]).ok();
     fs::write(fx.mnt.join("new"), "x").unwrap();
     assert!(fx.up.join("new").exists());
@@ -128,7 +131,10 @@ fn a_writer_keeps_writing_across_a_snapshot() {
     f.read_to_string(&mut all).unwrap();
     assert_eq!(all, "base\none\ntwo\n");
     drop(f);
-    assert_eq!(fs::read_to_string(fx.up.join("base")).unwrap(), "base\none\n");
+    assert_eq!(
+        fs::read_to_string(fx.up.join("base")).unwrap(),
+        "base\none\n"
+    );
     assert_eq!(
         fs::read_to_string(snap.join("base")).unwrap(),
         "base\none\ntwo\n"
@@ -156,7 +162,10 @@ fn bad_input_changes_nothing() {
         assert_eq!(lines.len(), 1, "one line: {out}");
         assert!(lines[0].starts_with("unionfs: ctl: "), "{out}");
     }
-    let out = ctl(&fx.mnt, &["add", "--index", "9", fx.t.mkdir("x").to_str().unwrap()]);
+    let out = ctl(
+        &fx.mnt,
+        &["add", "--index", "9", fx.t.mkdir("x").to_str().unwrap()],
+    );
     assert_eq!(out.code(), Some(2), "{out}");
     assert!(out.stderr.contains("out of range"), "{out}");
     // Not a union at all.
@@ -179,8 +188,14 @@ fn bad_input_changes_nothing() {
     }
     assert_eq!(list(&fx.mnt), before);
     let help = ctl(&fx.mnt, &["--help"]).ok();
-    for op in ["list", "add", "remove", "mode", "snapshot", "refresh", "stats"] {
-        assert!(help.stdout.contains(op), "--help lacks {op}:\n{}", help.stdout);
+    for op in [
+        "list", "add", "remove", "mode", "snapshot", "refresh", "stats",
+    ] {
+        assert!(
+            help.stdout.contains(op),
+            "--help lacks {op}:\n{}",
+            help.stdout
+        );
     }
 }
 
@@ -218,7 +233,8 @@ fn stack_changes_under_load() {
                 if back != v {
                     return Err(format!("{p:?}: wrote {v:?}, read {back:?}"));
                 }
-                let base = fs::read_to_string(mnt.join("base")).map_err(|e| format!("base: {e}"))?;
+                let base =
+                    fs::read_to_string(mnt.join("base")).map_err(|e| format!("base: {e}"))?;
                 if base != "base\n" {
                     return Err(format!("base reads {base:?}"));
                 }
@@ -241,19 +257,56 @@ fn stack_changes_under_load() {
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
-        let n = w.join().expect("worker panicked").unwrap_or_else(|e| panic!("{e}"));
+        let n = w
+            .join()
+            .expect("worker panicked")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(n > 0, "a worker made no progress");
     }
     let l = list(&fx.mnt);
     assert_eq!(l.len(), 52, "50 snapshots + 2 branches: {l:?}");
-    assert!(l[0].0 == "rw" && l[1..].iter().all(|(m, _)| m == "ro"), "{l:?}");
+    assert!(
+        l[0].0 == "rw" && l[1..].iter().all(|(m, _)| m == "ro"),
+        "{l:?}"
+    );
     let want = model(&l.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
     let mut got = BTreeMap::new();
     for name in list_dir(&fx.mnt) {
-        got.insert(name.clone(), fs::read_to_string(fx.mnt.join(&name)).unwrap());
+        got.insert(
+            name.clone(),
+            fs::read_to_string(fx.mnt.join(&name)).unwrap(),
+        );
     }
     assert_eq!(got, want);
     let stats = ctl(&fx.mnt, &["stats", "--json"]).ok();
     let s: serde_json::Value = serde_json::from_str(stats.stdout.trim()).unwrap();
     assert!(s["copy_ups"].as_u64().unwrap() > 0, "{s}");
+}
+
+#[test]
+fn merge_waits_for_a_branch_to_leave_read_write_use() {
+    let Some(fx) = mount() else { return };
+    fs::write(fx.mnt.join("new"), "made in the union\n").unwrap();
+    let merge = |branch: &Path| {
+        let mut c = Command::new(unionfs_bin());
+        c.arg("merge").arg(branch).arg("--into").arg(&fx.low);
+        run(&mut c)
+    };
+    // The daemon holds the rw branch's lock: merging it now is refused, nothing changes.
+    let out = merge(&fx.up);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(!fx.low.join("new").exists());
+    // After a snapshot the old top is read-only in the mount and can be merged down.
+    let snap = fx.t.join("snap");
+    ctl(&fx.mnt, &["snapshot", snap.to_str().unwrap()]).ok();
+    merge(&fx.up).ok();
+    assert_eq!(
+        fs::read_to_string(fx.low.join("new")).unwrap(),
+        "made in the union\n"
+    );
+    ctl(&fx.mnt, &["refresh"]).ok();
+    assert_eq!(
+        fs::read_to_string(fx.mnt.join("new")).unwrap(),
+        "made in the union\n"
+    );
 }

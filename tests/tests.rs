@@ -9,6 +9,7 @@ mod cli;
 mod ctl;
 mod memory;
 mod mount;
+mod offline;
 mod oracle;
 mod rootless;
 mod runner;

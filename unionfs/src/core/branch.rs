@@ -57,13 +57,53 @@ pub struct WorkDir {
     /// Hard-link index: one name per copied-up multiply-linked lower inode.
     pub(crate) index: OwnedFd,
     counter: AtomicU64,
+    /// Shared flock on `lock` in a native work dir, held while the branch is rw here, so
+    /// that `unionfs merge` (which takes it exclusively) never rewrites a live branch.
+    _lock: Option<OwnedFd>,
 }
+
+/// Name of the lock file in a native work directory (see `WorkDir::_lock`).
+pub const LOCK_NAME: &str = "lock";
 
 impl WorkDir {
     /// Opens (creating if needed) the work directory at `root/rel` beneath `root`.
-    pub(crate) fn open(root: BorrowedFd<'_>, rel: &Path, shown: PathBuf) -> io::Result<WorkDir> {
+    pub(crate) fn open(
+        root: BorrowedFd<'_>,
+        rel: &Path,
+        shown: PathBuf,
+        lock: bool,
+    ) -> io::Result<WorkDir> {
         ensure_dir(root, rel)?;
         let dir = sys::open_dir_path(root, rel)?;
+        let lock = if lock {
+            let f = sys::openat(
+                dir.as_fd(),
+                std::ffi::OsStr::new(LOCK_NAME),
+                libc::O_RDWR | libc::O_CREAT,
+                0o600,
+            )?;
+            // SAFETY: plain flock on our own fd.
+            if unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    libc::LOCK_SH | libc::LOCK_NB,
+                )
+            } != 0
+            {
+                let e = io::Error::last_os_error();
+                return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    io::Error::new(
+                        io::ErrorKind::ResourceBusy,
+                        "a merge is running on this branch; wait for it to finish",
+                    )
+                } else {
+                    e
+                });
+            }
+            Some(f)
+        } else {
+            None
+        };
         ensure_dir(dir.as_fd(), Path::new("tmp"))?;
         ensure_dir(dir.as_fd(), Path::new("index"))?;
         let tmp = sys::open_dir_path(dir.as_fd(), Path::new("tmp"))?;
@@ -74,6 +114,7 @@ impl WorkDir {
             tmp,
             index,
             counter: AtomicU64::new(0),
+            _lock: lock,
         })
     }
 
@@ -171,12 +212,18 @@ impl Branch {
                 if wb.dev != self.dev {
                     return Err(io::Error::from_raw_os_error(libc::EXDEV));
                 }
-                WorkDir::open(wb.fd.as_fd(), Path::new("unionfs"), w.join("unionfs"))?
+                WorkDir::open(
+                    wb.fd.as_fd(),
+                    Path::new("unionfs"),
+                    w.join("unionfs"),
+                    false,
+                )?
             }
             None => WorkDir::open(
                 self.fd.as_fd(),
                 Path::new(HIDDEN_WORK_NAME),
                 self.path.join(HIDDEN_WORK_NAME),
+                true,
             )?,
         };
         self.work = Some(std::sync::Arc::new(wd));

@@ -149,6 +149,11 @@ pub fn with_mode(stack: &Stack, i: usize, mode: Mode) -> Result<Vec<Branch>, Sta
     let mut v = stack.branches.clone();
     let b = &mut v[i];
     b.mode = mode;
+    if mode == Mode::Ro {
+        // A ro branch needs no work dir; dropping it releases the merge lock (once
+        // in-flight operations let go of the old stack).
+        b.work = None;
+    }
     if mode == Mode::Rw && b.work.is_none() {
         let p = b.path.clone();
         b.attach_work(None)
@@ -162,6 +167,8 @@ pub fn with_snapshot(stack: &Stack, new_top: Branch) -> Vec<Branch> {
     let mut v = stack.branches.clone();
     if let Some(t) = v.first_mut() {
         t.mode = Mode::Ro;
+        // The snapshot is frozen: it may be diffed and merged while mounted.
+        t.work = None;
     }
     v.insert(0, new_top);
     v

@@ -286,6 +286,53 @@ impl WhiteoutFormat {
     }
 }
 
+/// What one raw entry of a branch says about the format the branch was written in (used
+/// by the offline tools, which read branches that are not mounted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Evidence {
+    /// A `.wh.` name: the `wh` format.
+    Wh,
+    /// A 0/0 character device: an overlay whiteout.
+    OverlayDevice,
+    /// An `overlay.*` xattr; `user`: under `user.` (rootless, `userxattr`).
+    OverlayXattr {
+        /// `user.overlay.*` rather than `trusted.overlay.*`.
+        user: bool,
+    },
+}
+
+/// Which format `name` in `dir` (lstat `st`) shows evidence of, if any. Never follows a
+/// symlink; an entry whose xattrs cannot be listed shows none.
+pub(crate) fn evidence(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &Stat,
+) -> io::Result<Option<Evidence>> {
+    if name.as_bytes().starts_with(WH_PREFIX) {
+        return Ok(Some(Evidence::Wh));
+    }
+    if is_overlay_whiteout(st) {
+        return Ok(Some(Evidence::OverlayDevice));
+    }
+    let attrs = match sys::listxattr(dir, name) {
+        Ok(a) => a,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    for a in attrs {
+        let a = a.as_bytes();
+        if a.starts_with(b"trusted.overlay.") {
+            return Ok(Some(Evidence::OverlayXattr { user: false }));
+        }
+        if a.starts_with(b"user.overlay.") {
+            return Ok(Some(Evidence::OverlayXattr { user: true }));
+        }
+    }
+    Ok(None)
+}
+
 fn is_overlay_whiteout(st: &Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
 }
@@ -347,6 +394,32 @@ mod tests {
         assert!(f.is_opaque(fd.as_fd(), OsStr::new("dir")).unwrap());
         f.clear_opaque(fd.as_fd(), OsStr::new("dir")).unwrap();
         assert!(!f.is_opaque(fd.as_fd(), OsStr::new("dir")).unwrap());
+    }
+
+    #[test]
+    fn evidence_names_the_format() {
+        let (d, fd) = tmp();
+        std::fs::write(d.path().join("plain"), "x").unwrap();
+        std::fs::write(d.path().join(".wh.gone"), "").unwrap();
+        let st = |n: &str| sys::fstatat(fd.as_fd(), OsStr::new(n)).unwrap();
+        let ev = |n: &str| evidence(fd.as_fd(), OsStr::new(n), &st(n)).unwrap();
+        assert_eq!(ev("plain"), None);
+        assert_eq!(ev(".wh.gone"), Some(Evidence::Wh));
+        let f = WhiteoutFormat::Overlay {
+            user_xattr: sys::geteuid() != 0,
+        };
+        if f.probe(fd.as_fd()) {
+            f.make_whiteout(fd.as_fd(), OsStr::new("dev")).unwrap();
+            assert_eq!(ev("dev"), Some(Evidence::OverlayDevice));
+            std::fs::create_dir(d.path().join("dir")).unwrap();
+            f.set_opaque(fd.as_fd(), OsStr::new("dir")).unwrap();
+            assert_eq!(
+                ev("dir"),
+                Some(Evidence::OverlayXattr {
+                    user: sys::geteuid() != 0
+                })
+            );
+        }
     }
 
     #[test]

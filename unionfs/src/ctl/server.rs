@@ -132,7 +132,7 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
                     mode: b.mode,
                     format: stack.format.to_string(),
                     free_bytes: nix::sys::statvfs::statvfs(&b.path)
-                        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+                        .map(|s| s.blocks_available() * s.fragment_size())
                         .unwrap_or(0),
                 })
                 .collect();
