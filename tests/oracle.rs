@@ -30,6 +30,8 @@
 //! Reproduce one seed with its full report:
 //! `UNIONFS_ORACLE_SEEDS=17 cargo test -p unionfs-suite --test tests oracle -- --nocapture`
 
+#[path = "oracle/exec.rs"]
+mod exec;
 #[path = "oracle/lower.rs"]
 mod lower;
 #[path = "oracle/mounts.rs"]

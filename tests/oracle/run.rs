@@ -1,5 +1,6 @@
 //! One sequence: set up both sides, run the steps, compare, report; and the minimizer.
 
+use super::exec;
 use super::lower;
 use super::mounts::{Backend, Layout, Mount, Watchdog};
 use super::ops::{self, Op, Outcome, Step, Visible};
@@ -219,8 +220,8 @@ fn drive(
                 unsafe { libc::kill(pid, libc::SIGSTOP) };
             }
         }
-        let k = ops::execute(&step, &lk.mnt, true);
-        let o = ops::execute(&step, &lo.mnt, peer_kernel);
+        let k = exec::execute(&step, &lk.mnt, true);
+        let o = exec::execute(&step, &lo.mnt, peer_kernel);
         if let Op::Rename { src, dst, .. } = &step.op {
             if k.res.is_ok() && o.res.is_ok() {
                 taint.renamed(src, dst);
