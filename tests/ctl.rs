@@ -310,3 +310,37 @@ fn merge_waits_for_a_branch_to_leave_read_write_use() {
         "made in the union\n"
     );
 }
+
+#[test]
+fn merge_refuses_the_live_upper_of_an_overlay_style_mount() {
+    if !require_root() {
+        return;
+    }
+    // The work dir is outside the upper branch here, so no lock file sits in it: merge
+    // must learn from the daemon itself that the upper is read-write.
+    let t = TempTree::new();
+    let (up, low, work, mnt) = (t.mkdir("up"), t.mkdir("low"), t.mkdir("work"), t.mkdir("mnt"));
+    let _g = MountGuard::mount(
+        [
+            "-o".to_string(),
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                low.display(),
+                up.display(),
+                work.display()
+            ),
+            "none".to_string(),
+            mnt.display().to_string(),
+        ],
+        &mnt,
+    );
+    fs::write(mnt.join("f"), "x").unwrap();
+    let out = run(Command::new(unionfs_bin())
+        .arg("merge")
+        .arg(&up)
+        .arg("--into")
+        .arg(&low));
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("read-write in the live unionfs mount"), "{out}");
+    assert!(!low.join("f").exists());
+}

@@ -123,6 +123,30 @@ fn mount_owner(mp: &Path) -> Result<u32, ClientError> {
     )))
 }
 
+/// Every read-write branch of every live `fuse.unionfs` mount whose control socket this
+/// user may reach: (mount point, branch). Mounts of other users that we cannot ask are
+/// skipped (their branches are theirs).
+pub fn live_rw_branches() -> Vec<(PathBuf, PathBuf)> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in mi.lines() {
+        let (pre, post) = line.split_once(" - ").unwrap_or((line, ""));
+        if !post.starts_with("fuse.unionfs ") {
+            continue;
+        }
+        let Some(mp) = pre.split(' ').nth(4) else {
+            continue;
+        };
+        let mp = PathBuf::from(mp);
+        let Ok(r) = send(&mp, Op::List) else { continue };
+        let list: Vec<BranchInfo> = serde_json::from_value(r.data).unwrap_or_default();
+        for b in list.into_iter().filter(|b| b.mode == Mode::Rw) {
+            out.push((mp.clone(), b.path));
+        }
+    }
+    out
+}
+
 fn send(mp: &Path, op: Op) -> Result<Response, ClientError> {
     let owner = mount_owner(mp)?;
     let path = protocol::socket_path(owner, mp);

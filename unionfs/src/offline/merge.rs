@@ -178,6 +178,22 @@ pub(crate) fn run(a: MergeArgs) -> Result<()> {
         lock_against_daemons(&branch, "branch")?,
         lock_against_daemons(&into, "--into")?,
     );
+    // Mounts whose work dir is elsewhere (overlay syntax) hold no lock in the branch:
+    // ask every live union we can reach which branches it has read-write.
+    for (mp, rw) in crate::ctl::client::live_rw_branches() {
+        for (what, t) in [("branch", &branch), ("--into", &into)] {
+            if rw == t.path {
+                return Err(usage(format!(
+                    "{what} {} is read-write in the live unionfs mount {}; make it read-only \
+                     there (unionfs ctl {} mode {} ro) or unmount first",
+                    t.path.display(),
+                    mp.display(),
+                    mp.display(),
+                    t.path.display()
+                )));
+            }
+        }
+    }
     let out = compare::compare(&branch, std::slice::from_ref(&into), true)?;
     let summary = Summary::of(&out.changes);
     let steps = plan(&out.changes, &out.leftovers);
