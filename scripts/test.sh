@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh Debian 12 machine, as root:
 #   1. installs what the tests use, if missing (fuse3, attr, git, tar, busybox-static, procps,
-#      util-linux), running `apt-get update` only when something is missing;
+#      util-linux, podman, runc, uidmap, slirp4netns, unionfs-fuse), running `apt-get update` only when something is missing;
 #   2. makes /dev/fuse usable by everyone (mode 0666: the rootless tests mount through
 #      fusermount3 as an unprivileged user, and fusermount3 opens /dev/fuse as that user);
-#   3. creates the unprivileged test user `unionfs-test` if absent;
+#   3. creates the unprivileged test user `unionfs-test` if absent, with /etc/subuid and
+#      /etc/subgid ranges (rootless podman);
 #   4. builds every binary (debug), then runs `cargo test --workspace`, passing extra
 #      arguments through: `scripts/test.sh -- --nocapture`, `scripts/test.sh -- cli::`.
 #
@@ -24,7 +25,9 @@ command -v cargo >/dev/null || die "cargo is not on PATH"
 start=$SECONDS
 
 step "system packages"
-packages=(fuse3 attr git tar busybox-static procps util-linux)
+# podman runc uidmap slirp4netns: the podman mount_program tests (tests/compat.rs);
+# unionfs-fuse: the unionfs-fuse interop tests.
+packages=(fuse3 attr git tar busybox-static procps util-linux podman runc uidmap slirp4netns unionfs-fuse)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -42,7 +45,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     echo "all present: ${packages[*]}"
 fi
-for tool in fusermount3 mount.fuse3 setfattr getfattr git tar busybox ps unshare runuser setpriv; do
+for tool in fusermount3 mount.fuse3 setfattr getfattr git tar busybox ps unshare runuser setpriv \
+    podman runc newuidmap newgidmap unionfs-fuse; do
     command -v "$tool" >/dev/null || [ -x "/sbin/$tool" ] || [ -x "/bin/$tool" ] \
         || die "$tool is still missing after installing packages"
 done
@@ -59,6 +63,11 @@ step "test user"
 if ! id -u unionfs-test >/dev/null 2>&1; then
     useradd -m unionfs-test
 fi
+# Sub-id ranges for rootless podman (tests/compat.rs), added once.
+for f in /etc/subuid /etc/subgid; do
+    touch "$f"
+    grep -q '^unionfs-test:' "$f" || echo 'unionfs-test:100000:65536' >> "$f"
+done
 id unionfs-test
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

@@ -319,7 +319,12 @@ fn merge_refuses_the_live_upper_of_an_overlay_style_mount() {
     // The work dir is outside the upper branch here, so no lock file sits in it: merge
     // must learn from the daemon itself that the upper is read-write.
     let t = TempTree::new();
-    let (up, low, work, mnt) = (t.mkdir("up"), t.mkdir("low"), t.mkdir("work"), t.mkdir("mnt"));
+    let (up, low, work, mnt) = (
+        t.mkdir("up"),
+        t.mkdir("low"),
+        t.mkdir("work"),
+        t.mkdir("mnt"),
+    );
     let _g = MountGuard::mount(
         [
             "-o".to_string(),
@@ -341,6 +346,9 @@ fn merge_refuses_the_live_upper_of_an_overlay_style_mount() {
         .arg("--into")
         .arg(&low));
     assert_eq!(out.code(), Some(2), "{out}");
-    assert!(out.stderr.contains("read-write in the live unionfs mount"), "{out}");
+    assert!(
+        out.stderr.contains("read-write in the live unionfs mount"),
+        "{out}"
+    );
     assert!(!low.join("f").exists());
 }

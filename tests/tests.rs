@@ -6,6 +6,7 @@
 mod util;
 
 mod cli;
+mod compat;
 mod ctl;
 mod memory;
 mod mount;

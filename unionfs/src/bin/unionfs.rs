@@ -43,12 +43,46 @@ fn main() {
 
 fn run(args: Args) -> Result<(), CliError> {
     let cfg = MountConfig::from_args(args)?;
+    if let Some(n) = cfg.max_files {
+        raise_nofile(n);
+    }
     unionfs::daemon::preflight(&cfg)?;
     let union = unionfs::daemon::build_union(&cfg)?;
     if cfg.foreground {
         unionfs::daemon::serve(&cfg, union, None)
     } else {
         unionfs::daemon::daemonize(&cfg, union)
+    }
+}
+
+/// unionfs-fuse's `max_files=N`: RLIMIT_NOFILE to N. Above the hard limit only with
+/// CAP_SYS_RESOURCE; otherwise (as unionfs-fuse does) a warning, and the mount goes on
+/// with the hard limit.
+fn raise_nofile(n: u64) {
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) != 0 {
+            return;
+        }
+        let hard = cur.rlim_max;
+        let want = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n.max(hard),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            eprintln!(
+                "unionfs: warning: max_files={n}: cannot raise the open-file limit above {hard}; using {hard}"
+            );
+            let h = libc::rlimit {
+                rlim_cur: hard,
+                rlim_max: hard,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &h);
+        }
     }
 }
 

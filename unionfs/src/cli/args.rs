@@ -16,7 +16,8 @@ pub struct Args {
     #[arg(short = 'b', long = "branch", value_name = "DIR[=rw|ro]")]
     pub branch: Vec<String>,
 
-    /// Mount options, comma separated (see below). May be repeated.
+    /// Mount options, comma separated (see below). May be repeated; `,` inside a value
+    /// is escaped as `\,`.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
 
@@ -24,6 +25,15 @@ pub struct Args {
     /// background).
     #[arg(short = 'f', long = "foreground")]
     pub foreground: bool,
+
+    /// Debug output: implies -f and -vv (as in fuse-overlayfs and unionfs-fuse).
+    #[arg(short = 'd', long = "debug")]
+    pub debug: bool,
+
+    /// Accepted for libfuse compatibility and ignored (the daemon is always
+    /// multi-threaded; results are the same).
+    #[arg(short = 's', hide = true)]
+    pub single_threaded: bool,
 
     /// More log output on stderr (repeat for more; RUST_LOG also works).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
@@ -42,6 +52,8 @@ Branch syntaxes (all mean the same thing):
   unionfs -o lowerdir=L1:L2,upperdir=U,workdir=W none MOUNTPOINT   (overlay style; L1 above L2)
   unionfs UPPER=RW:LOWER=RO MOUNTPOINT                            (unionfs-fuse style)
   mount -t fuse.unionfs none MOUNTPOINT -o lowerdir=...,upperdir=...,workdir=...
+  unionfs -o lowerdir=L1:L2,upperdir=U,workdir=W MOUNTPOINT        (fuse-overlayfs style, as
+                            podman's mount_program calls it)
 
 Union options (-o):
   dirs=A=rw:B=ro            branches, highest first
@@ -65,8 +77,35 @@ Union options (-o):
   allow_root                let root use a user's mount
   fsname=NAME               the source shown in /proc/mounts
   ro                        mount read-only
+  debug                     same as -d: stay in the foreground, debug log on stderr
 Generic mount options (rw, dev, nodev, suid, nosuid, exec, noexec, atime, noatime, relatime,
-defaults, user, users, auto, noauto, nofail, _netdev, ...) are accepted and ignored.
+defaults, user, users, auto, noauto, nofail, _netdev, ...) are accepted and ignored, as are
+libfuse tuning options (use_ino, big_writes, max_read=N, kernel_cache, ...).
+
+unionfs-fuse compatibility (selected by an A=RW:B=RO branch list or any option below; a
+branch without a mode is then read-only, as in unionfs-fuse):
+  cow                       copy-on-write: copy lower files up when written. Without it
+                            lower files cannot be changed (unionfs-fuse's rule)
+  dirs=A=RW:B=RO            the branches, as an option
+  chroot=DIR                branch paths are relative to DIR
+  max_files=N               raise the daemon's open-file limit (RLIMIT_NOFILE) to N
+  hide_meta_files           hide unionfs-fuse's meta directory from readdir
+  statfs_omit_ro            statfs leaves out read-only branches (always so here)
+  relaxed_permissions       accepted when not root (the kernel still checks permissions,
+                            which for the mounting user ask the same); refused as root
+  noinitgroups, debug_file=FILE   accepted, no effect
+
+fuse-overlayfs / containers-storage options (podman: mount_program = \"/path/to/unionfs\"):
+  timeout=SECS              entry and attribute cache timeout
+  uidmapping=ID:HOST:LEN[:...], gidmapping=...
+                            identity maps only; a map that shifts ids is refused
+  volatile, fsync=0|1       accepted: we sync when asked, which is always correct
+  context=LABEL, noacl, static_nlink, threaded=, fast_ino=, writeback=, redirect_dir=
+                            accepted, no effect on what callers see
+  squash_to_root, squash_to_uid=, squash_to_gid=, plugins=, noxattrs=1,
+  xattr_permissions=1|2, uid=, gid=, umask=
+                            refused (not implemented; ignoring them would show wrong data)
+See docs/compat.md for every option of fuse-overlayfs and unionfs-fuse.
 
 Unmount with: fusermount3 -u MOUNTPOINT  (or umount MOUNTPOINT as root, or SIGTERM the daemon)
 

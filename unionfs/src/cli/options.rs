@@ -62,6 +62,32 @@ pub struct MountConfig {
     pub foreground: bool,
     /// Verbosity.
     pub verbose: u8,
+    /// unionfs-fuse compatibility mode: the branches came in unionfs-fuse's form (a SOURCE
+    /// branch list `A=RW:B=RO`) or a unionfs-fuse-only option was given. Branches without
+    /// a mode are then read-only, as in unionfs-fuse. Needs daemon/core behaviour: that
+    /// mode's rules (EXDEV/EACCES where unionfs-fuse gives them).
+    pub unionfs_fuse: bool,
+    /// Copy-up of lower objects allowed. Always true, except in unionfs-fuse mode without
+    /// `-o cow` (copies `core.copy_up`): when false, writing to a lower file or creating in
+    /// a directory that only an ro branch holds fails as in unionfs-fuse (EACCES), deleting
+    /// a lower file EROFS; new files in rw directories still work.
+    pub cow: bool,
+    /// unionfs-fuse `hide_meta_files`: its meta directory (and `.fuse_hidden*` files) do
+    /// not show in readdir. Needs core behaviour (with `whiteout=meta`).
+    pub hide_meta_files: bool,
+    /// unionfs-fuse `max_files=N`: the daemon's RLIMIT_NOFILE (applied by the binary
+    /// before it serves).
+    pub max_files: Option<u64>,
+    /// unionfs-fuse `statfs_omit_ro`: statfs does not count read-only branches. Our statfs
+    /// already reports only the topmost rw branch, so this changes nothing today; kept so
+    /// a future "sum of all branches" default (unionfs-fuse's) can honour it.
+    pub statfs_omit_ro: bool,
+    /// unionfs-fuse `chroot=DIR`: branch paths are relative to DIR. Already applied to
+    /// `branches` here; the daemon never needs to chroot (it works on branch fds).
+    pub chroot: Option<PathBuf>,
+    /// unionfs-fuse 2.x `preserve_branch` (not in Debian's 1.0). Parsed only; needs
+    /// daemon/core behaviour.
+    pub preserve_branch: bool,
 }
 
 /// Generic mount options that `mount`, fstab and mount.fuse3 pass along; accepted and
@@ -106,6 +132,115 @@ const GENERIC: &[&str] = &[
     "auto_unmount",
 ];
 
+/// libfuse tuning and behaviour options that fuse-overlayfs and unionfs-fuse pass to
+/// libfuse. Accepted and ignored: they tune how requests travel (read sizes, splice,
+/// threads, caches) and never what a caller sees; fuser picks its own values.
+/// `use_ino`/`readdir_ino`: we always report our own stable inode numbers.
+/// `hard_remove`: we never leave `.fuse_hidden` files. `noforget`/`remember=`: inodes are
+/// remembered as the kernel asks. `intr`: requests are not interrupted, which is allowed.
+const LIBFUSE_IGNORED: &[&str] = &[
+    "use_ino",
+    "readdir_ino",
+    "hard_remove",
+    "big_writes",
+    "kernel_cache",
+    "auto_cache",
+    "noauto_cache",
+    "direct_io",
+    "async_read",
+    "sync_read",
+    "atomic_o_trunc",
+    "no_remote_lock",
+    "no_remote_flock",
+    "no_remote_posix_lock",
+    "splice_write",
+    "no_splice_write",
+    "splice_move",
+    "no_splice_move",
+    "splice_read",
+    "no_splice_read",
+    "intr",
+    "noforget",
+    "nopath",
+    "clone_fd",
+    "large_read",
+    "writeback_cache",
+    "no_writeback_cache",
+];
+
+/// The same, with a value (`max_read=N` ...).
+const LIBFUSE_IGNORED_KV: &[&str] = &[
+    "max_read",
+    "max_write",
+    "max_readahead",
+    "max_background",
+    "congestion_threshold",
+    "intr_signal",
+    "remember",
+    "negative_timeout",
+    "ac_attr_timeout",
+    "max_threads",
+    "max_idle_threads",
+    "blksize",
+];
+
+/// unionfs-fuse-only options: any of them selects unionfs-fuse compatibility mode.
+const UNIONFS_FUSE_ONLY: &[&str] = &[
+    "cow",
+    "preserve_branch",
+    "hide_meta_files",
+    "max_files",
+    "relaxed_permissions",
+    "statfs_omit_ro",
+    "chroot",
+    "noinitgroups",
+    "debug_file",
+];
+
+/// Checks a fuse-overlayfs `uidmapping=`/`gidmapping=` value: `[:]ID:HOSTID:LEN[:...]`
+/// (containers-storage writes a leading `:`). Only identity maps are accepted: shifting
+/// ids is not implemented, and ignoring a real shift would show wrong owners.
+fn check_id_mapping(k: &str, v: &str) -> Result<(), CliError> {
+    let nums: Result<Vec<u64>, _> = v
+        .split(':')
+        .filter(|p| !p.is_empty())
+        .map(str::parse::<u64>)
+        .collect();
+    let nums = match nums {
+        Ok(n) if !n.is_empty() && n.len() % 3 == 0 => n,
+        _ => {
+            return Err(usage(format!(
+                "option {k}={v}: expected ID:HOSTID:LEN[:ID:HOSTID:LEN...]"
+            )))
+        }
+    };
+    for c in nums.chunks(3) {
+        if c[0] != c[1] {
+            return Err(usage(format!(
+                "option {k}={v}: id shifting ({} -> {}) is not supported; use an identity map or no {k} (see docs/compat.md)",
+                c[0], c[1]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An option we refuse because ignoring it would change what callers see.
+fn refuse(opt: &str, why: &str) -> CliError {
+    usage(format!(
+        "option {opt} is not supported: {why} (see docs/compat.md)"
+    ))
+}
+
+/// fuse-overlayfs switches of the form `NAME=0|1`: `ok` is the value we behave as.
+fn check_bool(k: &str, v: &str, ok: &str, why: &str) -> Result<(), CliError> {
+    match v {
+        "0" | "1" if v == ok => Ok(()),
+        "0" | "1" => Err(refuse(&format!("{k}={v}"), why)),
+        _ => Err(usage(format!("option {k}={v}: expected 0 or 1"))),
+    }
+}
+
 fn parse_secs(opt: &str, v: &str) -> Result<Duration, CliError> {
     v.parse::<f64>()
         .ok()
@@ -149,14 +284,18 @@ impl MountConfig {
             _ => return Err(usage("expected [SOURCE] MOUNTPOINT")),
         };
         let mut fsname = "unionfs".to_string();
+        let mut source_list = false;
         if let Some(s) = &source {
             if s.contains('=') {
                 parse_branch_list(s, &mut specs)?;
+                source_list = true;
             } else {
                 fsname = s.clone();
             }
         }
         let (mut lower, mut upper, mut workdir) = (None, None, None);
+        let mut cow_opt = false;
+        let mut chroot = None;
         let mut cfg = MountConfig {
             branches: Vec::new(),
             workdir: None,
@@ -168,8 +307,15 @@ impl MountConfig {
             allow_other: false,
             allow_root: false,
             read_only: false,
-            foreground: a.foreground,
-            verbose: a.verbose,
+            foreground: a.foreground || a.debug,
+            verbose: if a.debug { a.verbose.max(2) } else { a.verbose },
+            unionfs_fuse: source_list,
+            cow: true,
+            hide_meta_files: false,
+            max_files: None,
+            statfs_omit_ro: false,
+            chroot: None,
+            preserve_branch: false,
         };
         for group in &a.options {
             for opt in split_options(group) {
@@ -182,6 +328,9 @@ impl MountConfig {
                         .map(str::to_string)
                         .ok_or_else(|| usage(format!("option {k} needs a value ({k}=...)")))
                 };
+                if UNIONFS_FUSE_ONLY.contains(&k) {
+                    cfg.unionfs_fuse = true;
+                }
                 match k {
                     "dirs" => parse_branch_list(&need(v)?, &mut specs)?,
                     "lowerdir" => lower = Some(need(v)?),
@@ -192,6 +341,13 @@ impl MountConfig {
                             "auto" => FormatChoice::Auto,
                             "overlay" => FormatChoice::Overlay,
                             "wh" => FormatChoice::Wh,
+                            // TODO(core): FormatChoice::Meta, unionfs-fuse's
+                            // `.unionfs-fuse/PATH_HIDDEN~` layout (docs/compat.md).
+                            "meta" => {
+                                return Err(usage(
+                                    "option whiteout=meta (unionfs-fuse's layout) is not implemented yet; use auto, overlay or wh",
+                                ))
+                            }
                             o => {
                                 return Err(usage(format!(
                                     "option whiteout={o}: use auto, overlay or wh"
@@ -227,6 +383,97 @@ impl MountConfig {
                     "fsname" => cfg.fsname = need(v)?,
                     "subtype" => {}
                     "ro" => cfg.read_only = true,
+                    "debug" => {
+                        cfg.foreground = true;
+                        cfg.verbose = cfg.verbose.max(2);
+                    }
+
+                    // ---- unionfs-fuse (docs/compat.md) ----
+                    "cow" => cow_opt = true,
+                    "hide_meta_files" => cfg.hide_meta_files = true,
+                    "statfs_omit_ro" => cfg.statfs_omit_ro = true,
+                    "preserve_branch" => cfg.preserve_branch = true,
+                    "max_files" => {
+                        let n = need(v)?;
+                        cfg.max_files =
+                            Some(n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                                usage(format!("option max_files={n}: expected a positive number"))
+                            })?);
+                    }
+                    "chroot" => chroot = Some(need(v)?),
+                    // Without effect in unionfs-fuse since 0.23, kept there for compatibility.
+                    "noinitgroups" => {}
+                    // unionfs-fuse's own debug log file: we log to stderr (-v, -d, RUST_LOG).
+                    "debug_file" => {}
+                    // unionfs-fuse drops default_permissions with it (non-root only); we
+                    // keep the kernel's checks, which for the one user a mount without
+                    // allow_other serves ask the same as the branches would.
+                    "relaxed_permissions" => {
+                        if nix::unistd::geteuid().is_root() {
+                            return Err(usage(
+                                "option relaxed_permissions is not allowed when running as root (as in unionfs-fuse)",
+                            ));
+                        }
+                    }
+
+                    // ---- fuse-overlayfs / containers-storage (docs/compat.md) ----
+                    // Honoured: kernel cache timeout for names and attributes.
+                    "timeout" => {
+                        let t = parse_secs(k, &need(v)?)?;
+                        cfg.ttl.entry = t;
+                        cfg.ttl.attr = t;
+                    }
+                    "uidmapping" | "gidmapping" => check_id_mapping(k, &need(v)?)?,
+                    // SELinux label for the mount: FUSE mounts here carry no labels
+                    // (fuse-overlayfs accepts and ignores it too).
+                    "context" | "fscontext" | "defcontext" | "rootcontext" => {}
+                    // Permission to skip fsync: syncing anyway is correct, only slower.
+                    "volatile" => {}
+                    "fsync" => {
+                        let v = need(v)?;
+                        if v != "0" && v != "1" {
+                            return Err(usage(format!("option fsync={v}: expected 0 or 1")));
+                        }
+                    }
+                    // We never enable POSIX ACLs in the kernel: noacl is what we do.
+                    "noacl" => {}
+                    // Speed switches: exact st_nlink, our inode numbers, our cache mode.
+                    "static_nlink" | "threaded" | "fast_ino" | "writeback" => {}
+                    // Kernel overlayfs features we do not write; a tree without them reads
+                    // the same.
+                    "redirect_dir" => {}
+                    "index" | "nfs_export" | "metacopy" if v == Some("off") => {}
+                    "xino" if matches!(v, Some("off" | "auto")) => {}
+                    "noxattrs" => check_bool(k, &need(v)?, "0", "xattrs stay supported")?,
+                    "xattr_permissions" => {
+                        check_bool(k, &need(v)?, "0", "permissions are never stored in xattrs")?
+                    }
+                    "squash_to_root" | "squash_to_uid" | "squash_to_gid" => {
+                        return Err(refuse(
+                            &opt,
+                            "files always show their real owners (no squashing yet)",
+                        ))
+                    }
+                    "plugins" => return Err(refuse(&opt, "no fuse-overlayfs plugins")),
+                    "userxattr" => {
+                        if nix::unistd::geteuid().is_root() {
+                            return Err(refuse(
+                                &opt,
+                                "as root the overlay format uses trusted.overlay.* xattrs",
+                            ));
+                        }
+                    }
+
+                    // ---- libfuse options that would change what callers see ----
+                    "uid" | "gid" | "umask" | "modules" | "subdir" | "rellinks" | "norellinks"
+                    | "from_code" | "to_code" => {
+                        return Err(refuse(
+                            &opt,
+                            "it changes what callers see and unionfs does not implement it",
+                        ))
+                    }
+                    _ if LIBFUSE_IGNORED.contains(&k) && v.is_none() => {}
+                    _ if LIBFUSE_IGNORED_KV.contains(&k) && v.is_some() => {}
                     _ if GENERIC.contains(&k) || k.starts_with("x-") => {}
                     _ => {
                         return Err(usage(format!(
@@ -250,6 +497,35 @@ impl MountConfig {
             for d in l.split(':').filter(|p| !p.is_empty()) {
                 specs.push((d.to_string(), Some(Mode::Ro)));
             }
+        }
+        // `unionfs /a:/b MNT` (unionfs-fuse without modes): a SOURCE without `=` is a
+        // branch list when nothing else names branches and it starts with a directory.
+        if specs.is_empty() {
+            if let Some(s) = &source {
+                let first = s.split(':').next().unwrap_or("");
+                let base = chroot.as_deref().map(Path::new);
+                let probe = match base {
+                    Some(b) => b.join(first.trim_start_matches('/')),
+                    None => PathBuf::from(first),
+                };
+                if !first.is_empty() && probe.is_dir() {
+                    parse_branch_list(s, &mut specs)?;
+                    cfg.fsname = "unionfs".to_string();
+                    cfg.unionfs_fuse = true;
+                }
+            }
+        }
+        cfg.cow = !cfg.unionfs_fuse || cow_opt;
+        cfg.core.copy_up = cfg.cow;
+        if let Some(c) = &chroot {
+            let cp = canonical_dir(c, "chroot")?;
+            for (d, _) in specs.iter_mut() {
+                *d = cp
+                    .join(d.trim_start_matches('/'))
+                    .to_string_lossy()
+                    .into_owned();
+            }
+            cfg.chroot = Some(cp);
         }
         if specs.is_empty() {
             return Err(usage(
@@ -279,11 +555,14 @@ impl MountConfig {
             if p.starts_with(&cfg.mountpoint) {
                 return Err(usage(format!("branch {dir} is inside the mount point")));
             }
-            let mode = mode.unwrap_or(if i == 0 && upper.is_none() && lower.is_none() {
-                Mode::Rw
-            } else {
-                Mode::Ro
-            });
+            // unionfs-fuse: "When neither RO nor RW is specified, selection defaults to RO."
+            let mode = mode.unwrap_or(
+                if i == 0 && !cfg.unionfs_fuse && upper.is_none() && lower.is_none() {
+                    Mode::Rw
+                } else {
+                    Mode::Ro
+                },
+            );
             cfg.branches.push((p, mode));
         }
         // overlay style: the upper branch goes on top.

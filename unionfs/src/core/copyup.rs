@@ -49,6 +49,10 @@ impl Union {
         if target == obj.top() && obj.indexed.is_none() {
             return Ok(obj.clone());
         }
+        if !self.config.copy_up {
+            // unionfs-fuse without `cow`: lower objects are not writable.
+            return Err(errno("copy-up", &obj.path, libc::EACCES));
+        }
         if obj.path.as_os_str().is_empty() {
             return Err(CoreError::ReadOnly {
                 op: "copy-up",

@@ -46,10 +46,15 @@ impl Union {
             }
             CreateMode::Top => stack.top_rw().filter(|&k| k <= top),
         };
-        t.ok_or_else(|| CoreError::ReadOnly {
+        let t = t.ok_or_else(|| CoreError::ReadOnly {
             op: "create",
             path: parent.path.clone(),
-        })
+        })?;
+        // Without copy-up the parent must already be on the target branch.
+        if !self.config.copy_up && !parent.layers.contains(&t) {
+            return Err(errno("create", &parent.path, libc::EACCES));
+        }
+        Ok(t)
     }
 
     /// Creates `name` in `parent`. For files, also returns the open fd.

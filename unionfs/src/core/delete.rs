@@ -106,6 +106,10 @@ impl Union {
                     })?,
             ),
         };
+        // Without copy-up there are no whiteouts: a name a lower branch still shows stays.
+        if wh_at.is_some() && !self.config.copy_up {
+            return Err(CoreError::ReadOnly { op, path });
+        }
         // A lower hard link about to be hidden: give its inode an index entry first, so
         // its other names keep an exact link count.
         if let (Some(w), false, true) = (wh_at, obj.is_dir(), last_lower_name) {
@@ -165,7 +169,11 @@ pub(crate) fn instances(
             Err(e) => return Err(e),
         };
         let st = sys::stat_opt(dir.as_fd(), name)?;
-        if stack.format.is_whiteout(dir.as_fd(), name, st.as_ref())? {
+        let foreign = !stack.is_rw(b);
+        if stack
+            .format
+            .is_whiteout_in(dir.as_fd(), name, st.as_ref(), foreign)?
+        {
             break;
         }
         let Some(st) = st else { continue };
@@ -173,7 +181,7 @@ pub(crate) fn instances(
         if cut.is_none()
             && sys::is_dir(&st)
             && pos + 1 < n
-            && stack.format.is_opaque(dir.as_fd(), name)?
+            && stack.format.is_opaque_in(dir.as_fd(), name, foreign)?
         {
             cut = Some(out.len());
         }

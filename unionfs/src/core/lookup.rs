@@ -122,13 +122,18 @@ fn lookup_with(
     let mut bottom: Option<sys::Stat> = None;
     let n = parent.layers.len();
     for (pos, &b) in parent.layers.iter().enumerate() {
+        // A read-only branch may be an image layer in either whiteout layout.
+        let foreign = !stack.is_rw(b);
+        if foreign && stack.format.is_foreign_marker(name) {
+            continue;
+        }
         let Some(dir) = fds.get(stack, pos, b, &parent.path).ctx("lookup", &path)? else {
             continue;
         };
         let st = sys::stat_opt(dir, name).ctx("lookup", &path)?;
         if stack
             .format
-            .is_whiteout(dir, name, st.as_ref())
+            .is_whiteout_in(dir, name, st.as_ref(), foreign)
             .ctx("lookup", &path)?
         {
             break;
@@ -169,7 +174,12 @@ fn lookup_with(
             }
         }
         // Only a directory gets here: does it stop the merge?
-        if pos + 1 < n && stack.format.is_opaque(dir, name).ctx("lookup", &path)? {
+        if pos + 1 < n
+            && stack
+                .format
+                .is_opaque_in(dir, name, foreign)
+                .ctx("lookup", &path)?
+        {
             break;
         }
     }
@@ -262,6 +272,44 @@ mod tests {
             assert_eq!(
                 u.lookup(&d, "deep".as_ref()).unwrap_err().errno(),
                 libc::ENOENT
+            );
+        }
+    }
+
+    #[test]
+    fn read_only_layers_may_use_either_whiteout_layout() {
+        // An image layer written by another tool: .wh. markers under an overlay-format
+        // union, 0/0 devices under a wh-format one (as root, who may make them).
+        for (fmt, other) in [
+            (FormatChoice::Overlay, FormatChoice::Wh),
+            (FormatChoice::Wh, FormatChoice::Overlay),
+        ] {
+            if !formats().contains(&fmt) || !formats().contains(&other) {
+                continue;
+            }
+            let t = Tree::new(&["rw", "layer2", "layer1"]);
+            t.file("layer1", "gone", "old");
+            t.file("layer1", "kept", "k");
+            t.dir("layer1", "d");
+            t.file("layer1", "d/old", "o");
+            t.whiteout(other, "layer2", "gone");
+            t.dir("layer2", "d");
+            t.opaque(other, "layer2", "d");
+            let u = t.union(fmt);
+            let root = u.root().unwrap();
+            assert!(
+                u.lookup(&root, "gone".as_ref()).is_err(),
+                "{fmt:?} over {other:?}"
+            );
+            assert_eq!(
+                names(&u.readdir(&root).unwrap()),
+                vec!["d", "kept"],
+                "{fmt:?}"
+            );
+            let d = u.lookup(&root, "d".as_ref()).unwrap();
+            assert!(
+                u.readdir(&d).unwrap().is_empty(),
+                "{fmt:?}: opaque in the layer"
             );
         }
     }

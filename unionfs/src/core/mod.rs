@@ -78,6 +78,9 @@ pub struct Config {
     pub delete: DeleteMode,
     /// `-o create=`.
     pub create: CreateMode,
+    /// Copy-up allowed (unionfs-fuse mode without `-o cow`: no; a change to a lower
+    /// object is refused instead, as unionfs-fuse does).
+    pub copy_up: bool,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
         Config {
             delete: DeleteMode::All,
             create: CreateMode::Parent,
+            copy_up: true,
         }
     }
 }
@@ -106,29 +110,34 @@ pub struct Stack {
 impl Stack {
     /// Builds a stack, resolving `FormatChoice::Auto` against the top rw branch.
     pub fn new(branches: Vec<Branch>, choice: FormatChoice) -> std::io::Result<Stack> {
-        let user_xattr = sys::geteuid() != 0;
-        let overlay = WhiteoutFormat::Overlay { user_xattr };
-        let top_work = branches.iter().find_map(|b| b.work.as_ref());
-        let format = match choice {
-            FormatChoice::Wh => WhiteoutFormat::Wh,
-            FormatChoice::Overlay => overlay,
-            FormatChoice::Auto => match top_work {
-                Some(w) if overlay.probe(w.tmp.as_fd()) => overlay,
-                Some(_) => WhiteoutFormat::Wh,
-                None => overlay,
-            },
+        // The overlay layout with `trusted.` xattrs when privileged, else (or when the
+        // privilege is only a user namespace's root, which may not write `trusted.`) with
+        // `user.` xattrs, which the kernel reads with `userxattr`.
+        let candidates = if sys::geteuid() == 0 {
+            vec![
+                WhiteoutFormat::Overlay { user_xattr: false },
+                WhiteoutFormat::Overlay { user_xattr: true },
+            ]
+        } else {
+            vec![WhiteoutFormat::Overlay { user_xattr: true }]
         };
-        if choice == FormatChoice::Overlay {
-            if let Some(w) = top_work {
-                if !overlay.probe(w.tmp.as_fd()) {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        "whiteout=overlay needs 0/0 character devices and overlay xattrs, \
-                         which this user cannot create on the top rw branch; use whiteout=wh",
-                    ));
-                }
+        let top_work = branches.iter().find_map(|b| b.work.as_ref());
+        let overlay = match top_work {
+            Some(w) => candidates.iter().copied().find(|f| f.probe(w.tmp.as_fd())),
+            None => candidates.first().copied(),
+        };
+        let format = match (choice, overlay) {
+            (FormatChoice::Wh, _) => WhiteoutFormat::Wh,
+            (_, Some(o)) => o,
+            (FormatChoice::Auto, None) => WhiteoutFormat::Wh,
+            (FormatChoice::Overlay, None) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "whiteout=overlay needs 0/0 character devices and overlay xattrs, \
+                     which this user cannot create on the top rw branch; use whiteout=wh",
+                ))
             }
-        }
+        };
         Ok(Stack::with_format(branches, format, 0))
     }
 

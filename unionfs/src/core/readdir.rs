@@ -50,7 +50,7 @@ impl Union {
                 }
                 match stack
                     .format
-                    .classify(fd.as_fd(), &e.name, e.d_type)
+                    .classify_in(fd.as_fd(), &e.name, e.d_type, !stack.is_rw(b))
                     .ctx("readdir", &dir.path)?
                 {
                     EntryMeaning::Private => {}

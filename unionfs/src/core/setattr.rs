@@ -35,8 +35,15 @@ impl Union {
         };
         let up = self.copy_up(obj, data)?;
         let stack = self.stack();
-        let dir = parent_fd(&stack, up.layers[0], up.parent_path()).ctx("setattr", &obj.path)?;
-        let name = up.name();
+        // The root has no parent inside the branch: it is "." of the branch itself.
+        let (dir, name) = if up.path.as_os_str().is_empty() {
+            let d = sys::open_dir_path(stack.branch(up.layers[0]).fd(), std::path::Path::new(""))
+                .ctx("setattr", &obj.path)?;
+            (d, OsStr::new("."))
+        } else {
+            let d = parent_fd(&stack, up.layers[0], up.parent_path()).ctx("setattr", &obj.path)?;
+            (d, up.name())
+        };
         let is_link = up.kind() == libc::S_IFLNK;
         if a.uid.is_some() || a.gid.is_some() {
             sys::fchownat(dir.as_fd(), name, a.uid, a.gid).ctx("chown", &obj.path)?;
@@ -193,6 +200,28 @@ mod tests {
             std::fs::metadata(t.path("ro").join("f")).unwrap().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn the_root_takes_chown_chmod_and_times() {
+        let t = Tree::new(&["rw", "ro"]);
+        let u = t.union(FormatChoice::Wh);
+        let root = u.root().unwrap();
+        let now = libc::timespec {
+            tv_sec: 1_300_000_000,
+            tv_nsec: 0,
+        };
+        let a = SetAttr {
+            mode: Some(0o751),
+            uid: Some(unsafe { libc::geteuid() }),
+            atime: Some(now),
+            mtime: Some(now),
+            ..Default::default()
+        };
+        let r = u.setattr(&root, &a, None).unwrap();
+        assert_eq!(r.st.st_mode & 0o7777, 0o751);
+        let m = std::fs::metadata(t.path("rw")).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.mtime()), (0o751, 1_300_000_000));
     }
 
     #[test]

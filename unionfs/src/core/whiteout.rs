@@ -155,6 +155,59 @@ impl WhiteoutFormat {
         }
     }
 
+    /// The other layout, which branches we did not write may use.
+    fn other(&self) -> WhiteoutFormat {
+        match self {
+            WhiteoutFormat::Overlay { .. } => WhiteoutFormat::Wh,
+            WhiteoutFormat::Wh => WhiteoutFormat::Overlay {
+                user_xattr: sys::geteuid() != 0,
+            },
+        }
+    }
+
+    /// `is_whiteout` for any branch: a read-only branch (an image layer, say) may use
+    /// either layout, and both count there, as fuse-overlayfs reads layers.
+    pub(crate) fn is_whiteout_in(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: Option<&Stat>,
+        foreign: bool,
+    ) -> io::Result<bool> {
+        Ok(self.is_whiteout(dir, name, st)?
+            || (foreign && self.other().is_whiteout(dir, name, st)?))
+    }
+
+    /// `is_opaque` for any branch (see `is_whiteout_in`).
+    pub(crate) fn is_opaque_in(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        foreign: bool,
+    ) -> io::Result<bool> {
+        Ok(self.is_opaque(dir, name)? || (foreign && self.other().is_opaque(dir, name)?))
+    }
+
+    /// `classify` for any branch (see `is_whiteout_in`).
+    pub(crate) fn classify_in(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        d_type: u8,
+        foreign: bool,
+    ) -> io::Result<EntryMeaning> {
+        let own = self.classify(dir, name, d_type)?;
+        if !foreign || !matches!(own, EntryMeaning::Real) {
+            return Ok(own);
+        }
+        self.other().classify(dir, name, d_type)
+    }
+
+    /// Whether a name in a branch is the other layout's marker (never an object).
+    pub(crate) fn is_foreign_marker(&self, name: &OsStr) -> bool {
+        matches!(self, WhiteoutFormat::Overlay { .. }) && name.as_bytes().starts_with(WH_PREFIX)
+    }
+
     /// Classifies a raw readdir entry of a branch directory.
     pub(crate) fn classify(
         &self,
