@@ -61,6 +61,23 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+fn kill_suid(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    let st = crate::core::sys_fstat(fd.as_fd())?;
+    let mut mode = st.st_mode & 0o7777;
+    let before = mode;
+    mode &= !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        mode &= !libc::S_ISGID;
+    }
+    if mode != before {
+        // SAFETY: plain fchmod on our fd.
+        if unsafe { libc::fchmod(fd.as_raw_fd(), mode) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
     if size == 0 {
         reply.size(data.len() as u32);
@@ -74,7 +91,10 @@ fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
 impl fuser::Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(
-            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+            // Always readdirplus: one listing fills the kernel's dentry and attribute
+            // caches, so `find`/`du` need no lookup per entry. Atomic O_TRUNC: the open
+            // itself carries O_TRUNC, so truncating a lower file copies no data.
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_ATOMIC_O_TRUNC,
         );
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
@@ -91,6 +111,14 @@ impl fuser::Filesystem for UnionFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.nodes.forget(ino.0, nlookup);
+        // After a large eviction give the freed node memory back to the system.
+        static FORGOTTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if FORGOTTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8192 == 8191 {
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -206,8 +234,11 @@ impl fuser::Filesystem for UnionFs {
         let r = (|| {
             let p = self.node(parent)?;
             let pobj = self.current(&p)?;
+            let victim = self.union.lookup(&pobj, name).ok().map(|o| o.ino);
             self.union.unlink(&pobj, name).map_err(err)?;
-            self.after_remove(&pobj.path.join(name));
+            if let Some(ino) = victim {
+                self.after_remove(ino, &pobj.path.join(name));
+            }
             Ok(())
         })();
         match r {
@@ -265,15 +296,21 @@ impl fuser::Filesystem for UnionFs {
             let p = self.node(parent)?;
             let np = self.node(newparent)?;
             let (pobj, npobj) = (self.current(&p)?, self.current(&np)?);
+            let moved = self.union.lookup(&pobj, name).ok();
+            let replaced = self.union.lookup(&npobj, newname).ok().map(|o| o.ino);
             self.union
                 .rename(&pobj, name, &npobj, newname, flags.bits())
                 .map_err(err)?;
             let exchange = flags.bits() & libc::RENAME_EXCHANGE != 0;
             let (from, to) = (pobj.path.join(name), npobj.path.join(newname));
-            if !exchange {
-                self.after_remove(&to);
+            if let (Some(ino), false) = (replaced, exchange) {
+                self.after_remove(ino, &to);
             }
-            self.after_rename(&from, &to, exchange);
+            match moved {
+                // A file moves alone: only its node changes (no walk over the table).
+                Some(m) if !m.is_dir() && !exchange => self.after_file_rename(m.ino, &from, &to),
+                _ => self.after_rename(&from, &to, exchange),
+            }
             Ok(())
         })();
         match r {
@@ -311,7 +348,7 @@ impl fuser::Filesystem for UnionFs {
     /// Opens keep the kernel's page cache (FOPEN_KEEP_CACHE): every change to a file's
     /// data goes through this mount (the kernel sees it) or through a stack change
     /// (which invalidates), as on a local filesystem.
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _gate = self.union.op_guard();
         let r = (|| {
             let node = self.node(ino)?;
@@ -321,6 +358,12 @@ impl fuser::Filesystem for UnionFs {
             let on = self.location(now);
             if let Some(m) = moved {
                 node.set_obj(m);
+            }
+            if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
+                // With atomic O_TRUNC the kernel leaves to us what truncation by an
+                // unprivileged caller does on a local filesystem: drop set-uid, and
+                // set-gid on a group-executable file.
+                let _ = kill_suid(&fd);
             }
             let acc = flags.0 & libc::O_ACCMODE;
             let h = FHandle {

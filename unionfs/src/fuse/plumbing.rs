@@ -243,14 +243,23 @@ impl UnionFs {
 
     /// A name was removed: nodes that were reached through it move to another of their
     /// names, if they have one.
-    pub(super) fn after_remove(&self, path: &Path) {
-        for n in self.nodes.under(path) {
-            if let Some(other) = n.drop_name(path) {
-                let mut obj = n.obj();
-                obj.path = other;
-                n.set_obj(obj);
-                let _ = self.refresh(&n);
-            }
+    pub(super) fn after_remove(&self, ino: u64, path: &Path) {
+        let Some(n) = self.nodes.get(ino) else { return };
+        if let Some(other) = n.drop_name(path) {
+            let mut obj = n.obj();
+            obj.path = other;
+            n.set_obj(obj);
+            let _ = self.refresh(&n);
         }
+    }
+
+    /// A non-directory was renamed: its node (one inode, maybe several names) follows.
+    pub(super) fn after_file_rename(&self, ino: u64, from: &Path, to: &Path) {
+        let Some(n) = self.nodes.get(ino) else { return };
+        let _ = n.drop_name(from);
+        let mut obj = n.obj();
+        obj.path = to.to_path_buf();
+        n.set_obj(obj);
+        let _ = self.refresh(&n);
     }
 }
