@@ -45,6 +45,7 @@ impl Union {
         self.hide_name(&stack, parent, name, &obj, op, true)?;
         if want_dir {
             stack.bump_layers();
+            self.dirs_changed();
         }
         Ok(())
     }

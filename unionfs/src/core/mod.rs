@@ -285,6 +285,10 @@ pub struct Union {
     /// Mount-time rules.
     pub config: Config,
     locks: Vec<Mutex<()>>,
+    /// Merged directories' link counts, valid while no directory was created, removed
+    /// or renamed (`dir_epoch`) and the layers did not change.
+    nlink_cache: dashmap::DashMap<PathBuf, (u64, u64, u64)>,
+    dir_epoch: std::sync::atomic::AtomicU64,
     /// Operations hold it shared; a stack change holds it exclusively, so each change
     /// is atomic with respect to in-flight operations.
     gate: RwLock<()>,
@@ -312,7 +316,15 @@ impl Union {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             gate: RwLock::new(()),
             stats: Stats::default(),
+            nlink_cache: dashmap::DashMap::new(),
+            dir_epoch: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// A directory appeared, went or moved: cached merged link counts are stale.
+    pub(crate) fn dirs_changed(&self) {
+        self.dir_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Held (shared) for the length of one file-system operation.

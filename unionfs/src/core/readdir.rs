@@ -80,12 +80,30 @@ impl Union {
     /// (A directory on one branch reports its own.)
     pub fn dir_nlink(&self, dir: &Obj) -> Result<u64> {
         let stack = self.stack();
+        let key = (
+            stack.layers_gen(),
+            self.dir_epoch.load(std::sync::atomic::Ordering::Acquire),
+        );
+        if let Some(c) = self.nlink_cache.get(&dir.path) {
+            if (c.0, c.1) == key {
+                return Ok(c.2);
+            }
+        }
+        let n = self.count_dir_nlink(&stack, dir)?;
+        if self.nlink_cache.len() > 65536 {
+            self.nlink_cache.clear();
+        }
+        self.nlink_cache.insert(dir.path.clone(), (key.0, key.1, n));
+        Ok(n)
+    }
+
+    fn count_dir_nlink(&self, stack: &super::Stack, dir: &Obj) -> Result<u64> {
         let mut n = 2;
         for e in self.readdir(dir)? {
             let is_dir = match e.d_type {
                 libc::DT_DIR => true,
                 libc::DT_UNKNOWN => {
-                    let p = parent_fd(&stack, e.branch, &dir.path).ctx("readdir", &dir.path)?;
+                    let p = parent_fd(stack, e.branch, &dir.path).ctx("readdir", &dir.path)?;
                     sys::stat_opt(p.as_fd(), &e.name)
                         .ctx("readdir", &dir.path)?
                         .is_some_and(|s| sys::is_dir(&s))

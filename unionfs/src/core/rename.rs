@@ -95,6 +95,7 @@ impl Union {
         })?;
         let target = src_t.min(dst_t);
 
+        self.dirs_changed();
         let src_up = self.bring_up(&src, target)?;
         if src.is_dir() || dst.as_ref().is_some_and(|d| d.is_dir()) {
             stack.bump_layers();
