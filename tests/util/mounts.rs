@@ -315,7 +315,18 @@ impl MountGuard {
             cmd.arg("-u");
         }
         cmd.arg(&self.mnt);
-        run(&mut cmd).ok();
+        // EBUSY can be transient: a container test running in parallel clones a mount
+        // namespace, which holds a copy of every mount until it pivots away. Retry for a
+        // few seconds before calling it a failure.
+        let mut out = run(&mut cmd);
+        for _ in 0..50 {
+            if out.success() || !out.stderr.contains("busy") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            out = run(&mut cmd);
+        }
+        out.ok();
         assert!(
             wait_until(Duration::from_secs(10), || !self.still_ours()),
             "{} still mounted after unmount",
