@@ -357,8 +357,11 @@ class Ours(Kind):
 
     def version(self):
         v = out([self.bin, "--version"])
-        rev = out(["git", "-C", str(REPO), "describe", "--always", "--dirty"], "")
-        return f"{v} ({self.bin}; work tree {rev})" if rev else f"{v} ({self.bin})"
+        built = datetime.datetime.fromtimestamp(os.stat(self.bin).st_mtime).strftime("%Y-%m-%d %H:%M")
+        if Path(self.bin) == (REPO / "target" / "release" / "unionfs").resolve():
+            rev = out(["git", "-C", str(REPO), "describe", "--always", "--dirty"], "")
+            return f"{v} ({self.bin}, built {built} from work tree {rev})"
+        return f"{v} ({self.bin}, built {built}; --unionfs-bin)"
 
     def command(self, lower, upper, work, mnt, foreground):
         opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
