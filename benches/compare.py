@@ -1263,7 +1263,12 @@ def targets(bench, mem):
     m = bench.median_ms
     res = []
 
-    def add(what, ok, detail):
+    ran = {w for (w, _k) in list(bench.results) + list(bench.errors)}
+
+    def add(what, ok, detail, row=None):
+        if ok is None and row is not None and row not in ran:
+            res.append((what, "not run", "row not selected (--only/--skip)"))
+            return
         res.append((what, "met" if ok else ("MISSED" if ok is not None else "not measured"),
                     detail))
 
@@ -1271,7 +1276,7 @@ def targets(bench, mem):
         o, k = m(w, "ours"), m(w, "kernel")
         anchors = [x for x in (m(w, "fuse-overlayfs"), m(w, "unionfs-fuse")) if x]
         if o is None or k is None:
-            add(f"{WL[w].label}: <= 2x kernel, <= 0.5x faster FUSE anchor", None, "")
+            add(f"{WL[w].label}: <= 2x kernel, <= 0.5x faster FUSE anchor", None, "", w)
             continue
         r = o / k
         detail = f"ours/kernel {r:.2f}"
@@ -1287,7 +1292,7 @@ def targets(bench, mem):
             add(f"{WL[w].label}: >= 0.9x kernel throughput", k / o >= 0.9,
                 f"throughput ours/kernel {k / o:.2f}")
         else:
-            add(f"{WL[w].label}: >= 0.9x kernel throughput", None, "")
+            add(f"{WL[w].label}: >= 0.9x kernel throughput", None, "", w)
     for w, lim, kind in (("append", 1.2, "ours"), ("touch", 1.0, "ours"),
                          ("touch", 0.35, "ours-metacopy"), ("trunc", 1.5, "ours")):
         o, k = m(w, kind), m(w, "kernel")
@@ -1296,13 +1301,13 @@ def targets(bench, mem):
             add(label, o / k <= lim, f"{kind}/kernel {o / k:.2f}")
         else:
             why = "; ".join(bench.errors.get((w, kind), []))[:120]
-            add(label, None, why)
+            add(label, None, why, w)
     o, f = m("mount", "ours"), m("mount", "fuse-overlayfs")
     if o and f:
         add("empty mount + unmount: no slower than fuse-overlayfs", o <= f,
             f"ours {o:.1f} ms, fuse-overlayfs {f:.1f} ms ({o / f:.2f})")
     else:
-        add("empty mount + unmount: no slower than fuse-overlayfs", None, "")
+        add("empty mount + unmount: no slower than fuse-overlayfs", None, "", "mount")
     if mem and "bytes_per_inode" in mem:
         add("daemon RSS per cached inode < 1 KiB", mem["bytes_per_inode"] < 1024,
             f"{mem['bytes_per_inode']:.0f} bytes per inode")
