@@ -12,6 +12,7 @@ mod memory;
 mod mount;
 mod offline;
 mod oracle;
+mod passthrough;
 mod rootless;
 mod runner;
 mod tools;

@@ -135,7 +135,9 @@ fn serve_inner(
 ) -> Result<(), CliError> {
     let signals = block_signals();
     crate::core::prepare_process();
-    let fs = UnionFs::new(Arc::new(union), cfg.ttl).map_err(|e| runtime(e.to_string()))?;
+    let fs = UnionFs::new(Arc::new(union), cfg.ttl)
+        .map_err(|e| runtime(e.to_string()))?
+        .with_passthrough(cfg.passthrough);
     let control = fs.control();
     let fcfg = fuse_config(cfg);
     let cannot =

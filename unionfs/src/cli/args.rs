@@ -72,6 +72,13 @@ Union options (-o):
                             top = always the topmost rw branch
   entry_timeout=SECS        how long the kernel caches name lookups (default 60)
   attr_timeout=SECS         how long the kernel caches attributes (default 60)
+  passthrough=off|auto|on   FUSE passthrough (Linux 6.9+, daemon running as real root):
+                            the kernel reads and writes open files itself. auto (default):
+                            files on rw branches; on: also lower files opened read-only (a
+                            write-open that must copy such a file up while it is held fails
+                            with ETXTBSY); off: every read and write goes via the daemon.
+                            With passthrough, `ctl snapshot` (and `ctl mode ro`) wait up to
+                            2 s for files open for writing on the branch, then refuse
   allow_other               let other users use the mount (needs user_allow_other in
                             /etc/fuse.conf when not root)
   allow_root                let root use a user's mount

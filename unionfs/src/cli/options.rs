@@ -88,6 +88,8 @@ pub struct MountConfig {
     /// unionfs-fuse 2.x `preserve_branch` (not in Debian's 1.0). Parsed only; needs
     /// daemon/core behaviour.
     pub preserve_branch: bool,
+    /// `-o passthrough=off|auto|on`: FUSE passthrough of file io (kernel 6.9+).
+    pub passthrough: crate::fuse::PassthroughMode,
 }
 
 /// Generic mount options that `mount`, fstab and mount.fuse3 pass along; accepted and
@@ -313,6 +315,7 @@ impl MountConfig {
             cow: true,
             hide_meta_files: false,
             max_files: None,
+            passthrough: Default::default(),
             statfs_omit_ro: false,
             chroot: None,
             preserve_branch: false,
@@ -418,6 +421,7 @@ impl MountConfig {
 
                     // ---- fuse-overlayfs / containers-storage (docs/compat.md) ----
                     // Honoured: kernel cache timeout for names and attributes.
+                    "passthrough" => cfg.passthrough = need(v)?.parse().map_err(usage)?,
                     "timeout" => {
                         let t = parse_secs(k, &need(v)?)?;
                         cfg.ttl.entry = t;

@@ -305,6 +305,10 @@ pub struct Stats {
     pub bytes_copied: std::sync::atomic::AtomicU64,
     /// File-system operations served.
     pub ops: std::sync::atomic::AtomicU64,
+    /// Read and write requests the daemon served (passthrough handles send none).
+    pub data_requests: std::sync::atomic::AtomicU64,
+    /// Opens the kernel serves by FUSE passthrough.
+    pub passthrough_opens: std::sync::atomic::AtomicU64,
 }
 
 impl Union {

@@ -216,6 +216,11 @@ fn print(op_json: Option<bool>, is_list: bool, is_stats: bool, data: &serde_json
             println!("bytes copied: {}", s.bytes_copied);
             println!("open handles: {}", s.open_handles);
             println!("inodes held:  {}", s.nodes);
+            println!("data requests: {}", s.data_requests);
+            println!(
+                "passthrough opens: {} ({} inodes now)",
+                s.passthrough_opens, s.passthrough_inodes
+            );
         }
     } else if let Some(p) = data.get("path").and_then(|p| p.as_str()) {
         println!("{p}");

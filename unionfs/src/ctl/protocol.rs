@@ -140,6 +140,15 @@ pub struct StatsInfo {
     pub open_handles: u64,
     /// Inodes the kernel holds.
     pub nodes: u64,
+    /// Read and write requests the daemon served.
+    #[serde(default)]
+    pub data_requests: u64,
+    /// Opens served by FUSE passthrough so far.
+    #[serde(default)]
+    pub passthrough_opens: u64,
+    /// Inodes with passthrough handles open now.
+    #[serde(default)]
+    pub passthrough_inodes: u64,
 }
 
 /// FNV-1a: a stable hash of the mount point for the socket name.

@@ -110,7 +110,7 @@ fn handle_conn(conn: UnixStream, ctl: &Control, mountpoint: &Path) {
 
 fn refusal(e: StackError) -> Response {
     let kind = match e {
-        StackError::Busy(_) => ErrorKind::Runtime,
+        StackError::Busy(_) | StackError::PassthroughWriters { .. } => ErrorKind::Runtime,
         _ => ErrorKind::Usage,
     };
     Response::err(kind, e.to_string())
@@ -144,6 +144,9 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
                 copy_ups: u.stats.copy_ups.load(Relaxed),
                 bytes_copied: u.stats.bytes_copied.load(Relaxed),
                 open_handles: ctl.open_handles() as u64,
+                data_requests: u.stats.data_requests.load(Relaxed),
+                passthrough_opens: u.stats.passthrough_opens.load(Relaxed),
+                passthrough_inodes: ctl.passthrough_inodes() as u64,
                 nodes: ctl.nodes() as u64,
             };
             return Response::ok(serde_json::to_value(s).unwrap_or_default());
@@ -175,21 +178,46 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
                 serde_json::json!({ "path": b.path }),
             ))
         }),
-        Op::Mode { branch, mode } => u.change_stack(|s| {
-            let i = s.find(&branch)?;
-            Ok((stackops::with_mode(s, i, mode)?, serde_json::Value::Null))
-        }),
+        Op::Mode { branch, mode } => {
+            let stack = u.stack();
+            let ro = (mode == Mode::Ro)
+                .then(|| stack.find(&branch).ok())
+                .flatten();
+            let _drained = ro.map(|i| {
+                let id = stack.branches[i].id;
+                ctl.drain_passthrough_writers(id, WRITER_GRACE)
+            });
+            u.change_stack(|s| {
+                let i = s.find(&branch)?;
+                if mode == Mode::Ro {
+                    no_passthrough_writers(ctl, &s.branches[i])?;
+                }
+                Ok((stackops::with_mode(s, i, mode)?, serde_json::Value::Null))
+            })
+        }
         Op::Snapshot { dir } => {
             let dir = dir.unwrap_or_else(|| stackops::default_snapshot_dir(&u.stack()));
+            let top = u.stack().branches.first().map(|b| b.id);
+            let _drained = top.map(|id| ctl.drain_passthrough_writers(id, WRITER_GRACE));
             match prepare_snapshot_dir(&dir) {
-                Ok(()) => u.change_stack(|s| {
-                    let b = stackops::open_new_branch(s, &dir, Mode::Rw, mountpoint)?;
-                    let path = b.path.clone();
-                    Ok((
-                        stackops::with_snapshot(s, b),
-                        serde_json::json!({ "path": path }),
-                    ))
-                }),
+                Ok(created) => u
+                    .change_stack(|s| {
+                        if let Some(top) = s.branches.first() {
+                            no_passthrough_writers(ctl, top)?;
+                        }
+                        let b = stackops::open_new_branch(s, &dir, Mode::Rw, mountpoint)?;
+                        let path = b.path.clone();
+                        Ok((
+                            stackops::with_snapshot(s, b),
+                            serde_json::json!({ "path": path }),
+                        ))
+                    })
+                    .inspect_err(|_| {
+                        // A refused snapshot leaves no directory behind.
+                        if created {
+                            let _ = std::fs::remove_dir(&dir);
+                        }
+                    }),
                 Err(e) => Err(e),
             }
         }
@@ -204,8 +232,23 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
     }
 }
 
-/// A snapshot's new top must be an empty directory; it is created if missing.
-fn prepare_snapshot_dir(dir: &Path) -> Result<(), StackError> {
+/// How long a snapshot (or `mode ro`) waits for passthrough writers to close.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A branch about to turn read-only must have no passthrough writers: the kernel writes
+/// for them straight into it, and they cannot be redirected to a new top.
+fn no_passthrough_writers(ctl: &Control, b: &crate::core::Branch) -> Result<(), StackError> {
+    match ctl.passthrough_writers_on(b.id) {
+        0 => Ok(()),
+        count => Err(StackError::PassthroughWriters {
+            branch: b.path.display().to_string(),
+            count,
+        }),
+    }
+}
+
+/// A snapshot's new top must be an empty directory; it is created if missing (true).
+fn prepare_snapshot_dir(dir: &Path) -> Result<bool, StackError> {
     let bad = |why: String| StackError::BadDir {
         path: dir.to_path_buf(),
         why,
@@ -217,11 +260,11 @@ fn prepare_snapshot_dir(dir: &Path) -> Result<(), StackError> {
                     "is not empty; a snapshot needs an empty directory".into()
                 ));
             }
-            Ok(())
+            Ok(false)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir(dir).map_err(|e| bad(e.to_string()))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(dir)
+            .map(|()| true)
+            .map_err(|e| bad(e.to_string())),
         Err(e) => Err(bad(e.to_string())),
     }
 }

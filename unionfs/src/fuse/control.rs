@@ -21,6 +21,7 @@ pub struct Control {
     pub union: Arc<Union>,
     nodes: Arc<NodeTable>,
     handles: Arc<HandleTable>,
+    passthrough: Arc<super::passthrough::PassthroughTable<fuser::BackingId>>,
     notifier: Arc<OnceLock<Notifier>>,
 }
 
@@ -31,6 +32,7 @@ impl UnionFs {
             union: self.union.clone(),
             nodes: self.nodes.clone(),
             handles: self.handles.clone(),
+            passthrough: self.passthrough.clone(),
             notifier: Arc::new(OnceLock::new()),
         }
     }
@@ -45,6 +47,33 @@ impl Control {
     /// Open files (and directories) whose data lives on the branch with this id.
     pub fn open_on(&self, branch_id: u64) -> usize {
         self.handles.open_on(branch_id)
+    }
+
+    /// Files open for writing by FUSE passthrough on the branch with this id: their
+    /// writes reach that branch whatever the stack says.
+    pub fn passthrough_writers_on(&self, branch_id: u64) -> usize {
+        self.handles.passthrough_writers_on(branch_id)
+    }
+
+    /// Waits up to `grace` for the passthrough writers on `branch_id` to close, starting
+    /// no new passthrough meanwhile; the returned guard keeps it so until dropped (held
+    /// across the stack change, whose own check then sees no newcomers).
+    pub fn drain_passthrough_writers(
+        &self,
+        branch_id: u64,
+        grace: std::time::Duration,
+    ) -> impl Drop {
+        let g = self.passthrough.hold();
+        let deadline = std::time::Instant::now() + grace;
+        while self.passthrough_writers_on(branch_id) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        g
+    }
+
+    /// Inodes with passthrough handles open.
+    pub fn passthrough_inodes(&self) -> usize {
+        self.passthrough.passthrough_inodes()
     }
 
     /// Open handles of any kind.

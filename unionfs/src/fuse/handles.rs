@@ -23,6 +23,19 @@ pub(crate) struct FileHandle {
     pub(crate) writable: bool,
     /// open(2) flags, to reopen the file where it moved.
     pub(crate) flags: i32,
+    /// How the kernel does this handle's io.
+    pub(crate) io: Io,
+}
+
+/// A file handle's io mode, as counted in the passthrough table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Io {
+    /// Passthrough was never usable: not counted.
+    Uncounted,
+    /// Through the daemon and the page cache.
+    Cached,
+    /// Straight to the backing file: reads and writes never reach the daemon.
+    Passthrough,
 }
 
 pub(crate) struct DirHandle {
@@ -59,6 +72,24 @@ impl HandleTable {
 
     pub(crate) fn remove(&self, id: u64) {
         self.map.remove(&id);
+    }
+
+    pub(crate) fn take(&self, id: u64) -> Option<Arc<Handle>> {
+        self.map.remove(&id).map(|(_, h)| h)
+    }
+
+    /// Writable passthrough handles on the branch with this id: their writes go to that
+    /// branch whatever the stack says.
+    pub(crate) fn passthrough_writers_on(&self, branch_id: u64) -> usize {
+        self.map
+            .iter()
+            .filter(|h| match &**h.value() {
+                Handle::File(f) => {
+                    f.io == Io::Passthrough && f.writable && f.opened_on.lock().0 == branch_id
+                }
+                Handle::Dir(_) => false,
+            })
+            .count()
     }
 
     /// Open file handles (for stats).

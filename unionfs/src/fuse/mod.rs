@@ -9,9 +9,11 @@ mod control;
 mod dir;
 mod handles;
 mod nodes;
+pub mod passthrough;
 mod plumbing;
 
 pub use control::Control;
+pub use passthrough::PassthroughMode;
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -41,6 +43,7 @@ pub struct UnionFs {
     nodes: Arc<NodeTable>,
     handles: Arc<HandleTable>,
     ttl: Ttls,
+    passthrough: Arc<passthrough::PassthroughTable<fuser::BackingId>>,
 }
 
 type Res<T> = Result<T, Errno>;
@@ -96,6 +99,18 @@ impl fuser::Filesystem for UnionFs {
             // itself carries O_TRUNC, so truncating a lower file copies no data.
             fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_ATOMIC_O_TRUNC,
         );
+        if self.passthrough.mode() != PassthroughMode::Off {
+            // Depth 1: backing files on a plain filesystem, and this mount may itself
+            // be a lower layer of kernel overlayfs.
+            let granted = config
+                .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+                .is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.passthrough.set_usable(granted);
+            if !granted && self.passthrough.mode() == PassthroughMode::On {
+                tracing::warn!("the kernel does not offer FUSE passthrough (needs Linux 6.9+); serving reads and writes through the daemon");
+            }
+        }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
@@ -353,6 +368,15 @@ impl fuser::Filesystem for UnionFs {
         let r = (|| {
             let node = self.node(ino)?;
             let obj = self.current(&node)?;
+            let writes =
+                flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+            if writes
+                && self.passthrough.blocks_copy_up(ino.0)
+                && !self.union.stack().is_rw_id(self.location(&obj).0)
+            {
+                // Passthrough readers hold the lower file; the kernel cannot move them.
+                return Err(Errno::ETXTBSY);
+            }
             let (fd, moved) = self.union.open(&obj, flags.0).map_err(err)?;
             let now = moved.as_ref().unwrap_or(&obj);
             let on = self.location(now);
@@ -366,17 +390,24 @@ impl fuser::Filesystem for UnionFs {
                 let _ = kill_suid(&fd);
             }
             let acc = flags.0 & libc::O_ACCMODE;
+            let io = self.io_mode(ino.0, &fd, on, acc != libc::O_RDONLY, || {
+                reply.open_backing(&fd)
+            })?;
             let h = FHandle {
                 ino: ino.0,
                 fd: parking_lot::RwLock::new(Arc::new(fd)),
                 opened_on: parking_lot::Mutex::new(on),
                 writable: acc != libc::O_RDONLY,
                 flags: flags.0,
+                io: io.kind(),
             };
-            Ok(self.handles.insert(Handle::File(h)))
+            Ok((self.handles.insert(Handle::File(h)), io))
         })();
         match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, io)) => match io.backing() {
+                Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), b),
+                None => reply.opened(FileHandle(fh), io.fopen_flags()),
+            },
             Err(e) => reply.error(e),
         }
     }
@@ -392,6 +423,10 @@ impl fuser::Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.union
+            .stats
+            .data_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = (|| {
             let fd = self.fd_for(fh, false)?;
             let mut buf = vec![0u8; size as usize];
@@ -425,6 +460,10 @@ impl fuser::Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.union
+            .stats
+            .data_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = (|| {
             let fd = self.fd_for(fh, true)?;
             let mut done = 0usize;
@@ -465,7 +504,13 @@ impl fuser::Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.remove(fh.0);
+        if let Some(h) = self.handles.take(fh.0) {
+            if let Handle::File(f) = &*h {
+                if f.io != handles::Io::Uncounted {
+                    self.passthrough.release(f.ino);
+                }
+            }
+        }
         reply.ok();
     }
 
@@ -666,23 +711,38 @@ impl fuser::Filesystem for UnionFs {
             )?;
             let fd = fd.ok_or(Errno::EIO)?;
             let acc = flags & libc::O_ACCMODE;
+            let on = self.location(&obj);
+            let io = self.io_mode(obj.ino, &fd, on, acc != libc::O_RDONLY, || {
+                reply.open_backing(&fd)
+            })?;
             let h = FHandle {
                 ino: obj.ino,
                 fd: parking_lot::RwLock::new(Arc::new(fd)),
-                opened_on: parking_lot::Mutex::new(self.location(&obj)),
+                opened_on: parking_lot::Mutex::new(on),
                 writable: acc != libc::O_RDONLY,
                 flags,
+                io: io.kind(),
             };
-            Ok((a, self.handles.insert(Handle::File(h))))
+            Ok((a, self.handles.insert(Handle::File(h)), io))
         })();
         match r {
-            Ok((a, fh)) => reply.created(
-                &self.ttl.entry,
-                &a,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((a, fh, io)) => match io.backing() {
+                Some(b) => reply.created_passthrough(
+                    &self.ttl.entry,
+                    &a,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    b,
+                ),
+                None => reply.created(
+                    &self.ttl.entry,
+                    &a,
+                    Generation(0),
+                    FileHandle(fh),
+                    io.fopen_flags(),
+                ),
+            },
             Err(e) => reply.error(e),
         }
     }

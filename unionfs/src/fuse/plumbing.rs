@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use fuser::{Errno, FileHandle, Generation, INodeNo, ReplyEntry, Request};
 
-use super::handles::{Handle, HandleTable};
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::handles::{Handle, HandleTable, Io};
 use super::nodes::{Node, NodeTable};
-use super::{attr, caller, err, Res, Ttls, UnionFs};
+use super::passthrough::{Busy, IoMode, OpenTarget, PassthroughMode, PassthroughTable};
+use super::{attr, caller, err, io_err, Res, Ttls, UnionFs};
 use crate::core::create::NewKind;
 use crate::core::setattr::SetAttr;
 use crate::core::{CoreError, Obj, Union};
@@ -25,7 +28,45 @@ impl UnionFs {
             nodes: Arc::new(NodeTable::new(root)),
             handles: Arc::new(HandleTable::new()),
             ttl,
+            passthrough: Arc::new(PassthroughTable::new(PassthroughMode::Auto)),
         })
+    }
+
+    /// Sets `-o passthrough=` (before mounting).
+    pub fn with_passthrough(mut self, mode: PassthroughMode) -> UnionFs {
+        self.passthrough = Arc::new(PassthroughTable::new(mode));
+        self
+    }
+
+    /// Picks and counts the io mode of a new file handle on `fd`, at `on` (branch id,
+    /// indexed). ETXTBSY when passthrough handles hold another file for this inode.
+    pub(super) fn io_mode(
+        &self,
+        ino: u64,
+        fd: &OwnedFd,
+        on: (u64, bool),
+        writable: bool,
+        open_backing: impl FnOnce() -> std::io::Result<fuser::BackingId>,
+    ) -> Res<Opened> {
+        if !self.passthrough.usable() {
+            return Ok(Opened::Uncounted);
+        }
+        let st = crate::core::sys_fstat(fd.as_fd()).map_err(io_err)?;
+        let t = OpenTarget {
+            file: (st.st_dev, st.st_ino),
+            // A hard link in the index may still be re-linked by a copy-up.
+            on_rw_branch: !on.1 && self.union.stack().is_rw_id(on.0),
+            regular: st.st_mode & libc::S_IFMT == libc::S_IFREG,
+            writable,
+        };
+        match self.passthrough.open(ino, t, open_backing) {
+            Ok(IoMode::Passthrough(b)) => {
+                self.union.stats.passthrough_opens.fetch_add(1, Relaxed);
+                Ok(Opened::Passthrough(b))
+            }
+            Ok(IoMode::Cached { keep_cache }) => Ok(Opened::Cached { keep_cache }),
+            Err(Busy) => Err(Errno::ETXTBSY),
+        }
     }
 
     pub(super) fn node(&self, ino: INodeNo) -> Res<Arc<Node>> {
@@ -261,5 +302,41 @@ impl UnionFs {
         obj.path = to.to_path_buf();
         n.set_obj(obj);
         let _ = self.refresh(&n);
+    }
+}
+
+/// The io mode chosen for a new file handle.
+pub(super) enum Opened {
+    Uncounted,
+    Cached { keep_cache: bool },
+    Passthrough(Arc<fuser::BackingId>),
+}
+
+impl Opened {
+    pub(super) fn kind(&self) -> Io {
+        match self {
+            Opened::Uncounted => Io::Uncounted,
+            Opened::Cached { .. } => Io::Cached,
+            Opened::Passthrough(_) => Io::Passthrough,
+        }
+    }
+
+    pub(super) fn backing(&self) -> Option<&fuser::BackingId> {
+        match self {
+            Opened::Passthrough(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Page-cache opens keep the kernel's cache (FOPEN_KEEP_CACHE): every change to a
+    /// file's data goes through this mount or through a stack change (which
+    /// invalidates), except passthrough writes, after which the cache is dropped once.
+    pub(super) fn fopen_flags(&self) -> fuser::FopenFlags {
+        match self {
+            Opened::Uncounted | Opened::Cached { keep_cache: true } => {
+                fuser::FopenFlags::FOPEN_KEEP_CACHE
+            }
+            _ => fuser::FopenFlags::empty(),
+        }
     }
 }

@@ -1,0 +1,205 @@
+//! FUSE passthrough: which opens the kernel serves without the daemon (counted by the
+//! daemon's `data_requests`, which passthrough handles never add to), what they write
+//! where, and the refusals that keep the union's semantics where a passthrough handle
+//! cannot follow a file.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+
+use crate::ctl::{ctl, list, mount_with};
+use crate::util::*;
+
+fn stats(mnt: &std::path::Path) -> serde_json::Value {
+    let out = ctl(mnt, &["stats", "--json"]).ok();
+    serde_json::from_str(out.stdout.trim()).unwrap()
+}
+
+fn data_requests(mnt: &std::path::Path) -> u64 {
+    stats(mnt)["data_requests"].as_u64().unwrap()
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn new_files_are_written_and_read_by_passthrough() {
+    let Some(fx) = mount_with(&[]) else { return };
+    let before = data_requests(&fx.mnt);
+    let data = pattern(8 << 20, 3);
+    let mut f = fs::File::create(fx.mnt.join("new")).unwrap();
+    f.write_all(&data).unwrap();
+    // The kernel keeps the size it sees in step with passthrough writes.
+    assert_eq!(
+        fs::metadata(fx.mnt.join("new")).unwrap().len(),
+        data.len() as u64
+    );
+    drop(f);
+    assert_eq!(
+        fs::read(fx.up.join("new")).unwrap(),
+        data,
+        "bytes land in the upper"
+    );
+    assert_eq!(fs::read(fx.mnt.join("new")).unwrap(), data);
+    // Writes into the middle through a second open reuse the inode's backing file.
+    let g = fs::OpenOptions::new()
+        .write(true)
+        .open(fx.mnt.join("new"))
+        .unwrap();
+    g.write_all_at(b"hello", 4096).unwrap();
+    drop(g);
+    assert_eq!(&fs::read(fx.up.join("new")).unwrap()[4096..4101], b"hello");
+    let s = stats(&fx.mnt);
+    assert_eq!(
+        s["data_requests"].as_u64().unwrap(),
+        before,
+        "no read or write reached the daemon: {s}"
+    );
+    assert!(s["passthrough_opens"].as_u64().unwrap() >= 3, "{s}");
+    assert_eq!(
+        s["passthrough_inodes"].as_u64().unwrap(),
+        0,
+        "all closed: {s}"
+    );
+}
+
+#[test]
+fn a_copied_up_file_passes_through_and_the_lower_stays() {
+    let Some(fx) = mount_with(&[]) else { return };
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(fx.mnt.join("base"))
+        .unwrap();
+    f.write_all(b"more\n").unwrap();
+    drop(f);
+    let before = data_requests(&fx.mnt);
+    assert_eq!(
+        fs::read_to_string(fx.mnt.join("base")).unwrap(),
+        "base\nmore\n"
+    );
+    assert_eq!(data_requests(&fx.mnt), before);
+    assert_eq!(fs::read_to_string(fx.low.join("base")).unwrap(), "base\n");
+}
+
+#[test]
+fn off_and_auto_serve_lower_reads_through_the_daemon() {
+    for opts in [&["-o", "passthrough=off"][..], &[][..]] {
+        let Some(fx) = mount_with(opts) else { return };
+        let before = data_requests(&fx.mnt);
+        assert_eq!(fs::read_to_string(fx.mnt.join("base")).unwrap(), "base\n");
+        assert!(
+            data_requests(&fx.mnt) > before,
+            "{opts:?}: a lower read goes via the daemon"
+        );
+    }
+    let Some(fx) = mount_with(&["-o", "passthrough=off"]) else {
+        return;
+    };
+    fs::write(fx.mnt.join("new"), "x").unwrap();
+    assert_eq!(stats(&fx.mnt)["passthrough_opens"].as_u64().unwrap(), 0);
+}
+
+#[test]
+fn on_passes_lower_reads_and_refuses_a_copy_up_under_them() {
+    let Some(fx) = mount_with(&["-o", "passthrough=on"]) else {
+        return;
+    };
+    let before = data_requests(&fx.mnt);
+    let mut reader = fs::File::open(fx.mnt.join("base")).unwrap();
+    let mut s = String::new();
+    reader.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "base\n");
+    assert_eq!(
+        data_requests(&fx.mnt),
+        before,
+        "the lower read passed through"
+    );
+    // The reader's backing file is the lower one: a writer would need the copy.
+    let e = fs::OpenOptions::new()
+        .append(true)
+        .open(fx.mnt.join("base"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "{e}");
+    assert!(!fx.up.join("base").exists(), "nothing was copied up");
+    drop(reader);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(fx.mnt.join("base"))
+        .unwrap()
+        .write_all(b"two\n")
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(fx.mnt.join("base")).unwrap(),
+        "base\ntwo\n"
+    );
+    assert_eq!(fs::read_to_string(fx.low.join("base")).unwrap(), "base\n");
+}
+
+#[test]
+fn a_snapshot_refuses_passthrough_writers_and_changes_nothing() {
+    let Some(fx) = mount_with(&[]) else { return };
+    let mut w = fs::File::create(fx.mnt.join("log")).unwrap();
+    w.write_all(b"one\n").unwrap();
+    let snap = fx.t.join("snap");
+    let before = list(&fx.mnt);
+    let out = ctl(&fx.mnt, &["snapshot", snap.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("passthrough"), "{out}");
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+    assert!(!snap.exists(), "a refused snapshot leaves no directory");
+    assert_eq!(list(&fx.mnt), before);
+    // The same for turning the branch read-only.
+    let out = ctl(&fx.mnt, &["mode", "0", "ro"]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert_eq!(list(&fx.mnt), before);
+    w.write_all(b"two\n").unwrap();
+    drop(w);
+    ctl(&fx.mnt, &["snapshot", snap.to_str().unwrap()]).ok();
+    assert_eq!(list(&fx.mnt)[0], ("rw".to_string(), snap.clone()));
+    assert_eq!(fs::read_to_string(fx.up.join("log")).unwrap(), "one\ntwo\n");
+    // After the snapshot a writer copies the file to the new top, as without passthrough.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(fx.mnt.join("log"))
+        .unwrap()
+        .write_all(b"three\n")
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(snap.join("log")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
+    assert_eq!(fs::read_to_string(fx.up.join("log")).unwrap(), "one\ntwo\n");
+}
+
+#[test]
+fn mmap_writes_pass_through() {
+    let Some(fx) = mount_with(&[]) else { return };
+    fs::write(fx.mnt.join("m"), vec![0u8; 8192]).unwrap();
+    let out = sh(&format!(
+        "python3 -c \"import mmap; f=open('{}','r+b'); m=mmap.mmap(f.fileno(),0); m[100:105]=b'hello'; m.flush()\"",
+        fx.mnt.join("m").display()
+    ));
+    assert!(out.success(), "{out}");
+    assert_eq!(&fs::read(fx.up.join("m")).unwrap()[100..105], b"hello");
+    assert_eq!(&fs::read(fx.mnt.join("m")).unwrap()[100..105], b"hello");
+}
+
+#[test]
+fn bad_passthrough_value_is_refused() {
+    let t = TempTree::new();
+    let mnt = t.mkdir("mnt");
+    let up = t.mkdir("up");
+    let out = run(std::process::Command::new(unionfs_bin()).args([
+        "-o",
+        "passthrough=maybe",
+        "--branch",
+        &format!("{}=rw", up.display()),
+        mnt.to_str().unwrap(),
+    ]));
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("passthrough=maybe"), "{out}");
+    assert!(mounts_at(&mnt).is_empty());
+}
