@@ -1483,7 +1483,8 @@ def write_outputs(bench, workloads, kinds, outdir, text, mem):
 # --------------------------------------------------------------------------------------
 
 
-KIND_NAMES = ["native", "kernel", "fuse-overlayfs", "unionfs-fuse", "ours", "ours-metacopy"]
+KIND_NAMES = ["native", "kernel", "fuse-overlayfs", "unionfs-fuse", "ours", "ours-metacopy",
+              "ours-pt-on"]
 ARGS = None
 
 
@@ -1543,7 +1544,7 @@ def main():
     binary = args.unionfs_bin
     if binary is None:
         binary = REPO / "target" / "release" / "unionfs"
-        if "ours" in kind_names or "ours-metacopy" in kind_names or "memory" in names:
+        if any(k.startswith("ours") for k in kind_names) or "memory" in names:
             if not args.no_build:
                 log("bench: cargo build --release -p unionfs")
                 r = subprocess.run(["cargo", "build", "--release", "-p", "unionfs"], cwd=REPO)
@@ -1560,6 +1561,9 @@ def main():
         "unionfs-fuse": UnionfsFuse(), "ours": Ours(binary, args.ours_opts),
         "ours-metacopy": Ours(binary, ",".join(x for x in (args.ours_opts, "metacopy=on") if x),
                               name="ours-metacopy", only={"touch", "append", "trunc"}),
+        # Passthrough of lower files too (opt-in: see docs/cli.md).
+        "ours-pt-on": Ours(binary, ",".join(x for x in (args.ours_opts, "passthrough=on") if x),
+                           name="ours-pt-on", only={"read", "parallel", "grep"}),
     }
     tmp = Path(tempfile.mkdtemp(prefix="unionfs-bench.", dir=args.tmp))
     if not args.keep:
