@@ -543,7 +543,6 @@ fn unionfs_fuse_relaxed_permissions_refused_as_root() {
 }
 
 #[test]
-#[ignore] // needs whiteout=meta (core)
 fn unionfs_fuse_hide_meta_files() {
     if !require_root() {
         return;
@@ -648,10 +647,10 @@ fn bad_input_in_each_syntax() {
                 "--branch".into(),
                 d("rw"),
                 "-o".into(),
-                "whiteout=meta".into(),
+                "whiteout=unionfs".into(),
                 m.clone(),
             ],
-            "whiteout=meta",
+            "whiteout=unionfs",
         ),
     ];
     for (args, name) in cases {
@@ -709,6 +708,11 @@ fn scribble(mnt: &Path) {
     fs::remove_dir_all(mnt.join("olddir")).unwrap();
     fs::create_dir(mnt.join("newdir")).unwrap();
     fs::write(mnt.join("newdir/f"), "f\n").unwrap();
+    fs::rename(mnt.join("ren.txt"), mnt.join("renamed.txt")).unwrap();
+    // A directory deleted and made again shows only its new entries.
+    fs::remove_dir_all(mnt.join("again")).unwrap();
+    fs::create_dir(mnt.join("again")).unwrap();
+    fs::write(mnt.join("again/new"), "n\n").unwrap();
 }
 
 fn interop_tree() -> Uf {
@@ -716,11 +720,34 @@ fn interop_tree() -> Uf {
     u.t.write("ro/gone.txt", "gone\n");
     u.t.write("ro/olddir/x", "x\n");
     u.t.write("ro/olddir/sub/y", "y\n");
+    u.t.write("ro/ren.txt", "ren\n");
+    u.t.write("ro/again/old", "o\n");
     u
 }
 
 #[test]
-#[ignore] // needs whiteout=meta (core)
+fn unionfs_fuse_mode_writes_its_markers_by_default() {
+    if !require_root() {
+        return;
+    }
+    let u = interop_tree();
+    let g = u.mount("cow");
+    fs::remove_file(u.mnt.join("gone.txt")).unwrap();
+    fs::remove_dir_all(u.mnt.join("olddir")).unwrap();
+    let names = list_dir(&u.mnt);
+    assert!(names.contains(&".unionfs-fuse".to_string()), "{names:?}");
+    assert!(!names.contains(&"gone.txt".to_string()), "{names:?}");
+    g.unmount();
+    let meta = u.t.join("rw/.unionfs-fuse");
+    assert!(meta.join("gone.txt_HIDDEN~").is_file());
+    assert!(meta.join("olddir_HIDDEN~").is_dir());
+    assert!(meta.join("olddir/sub/y_HIDDEN~").is_file());
+    // Nothing of another layout, and no copied-up parents for the markers.
+    assert!(!u.t.join("rw/olddir").exists());
+    assert!(!u.t.join("rw/.unionfs-work").exists());
+}
+
+#[test]
 fn tree_written_by_unionfs_fuse_reads_the_same_through_ours() {
     if !require_root()
         || !require(
@@ -732,7 +759,9 @@ fn tree_written_by_unionfs_fuse_reads_the_same_through_ours() {
     }
     let u = interop_tree();
     let mut c = Command::new(UNIONFS_FUSE);
-    c.args(["-o", "cow"]).arg(u.src()).arg(&u.mnt);
+    c.args(["-o", "cow,hide_meta_files"])
+        .arg(u.src())
+        .arg(&u.mnt);
     let g = MountGuard::run(c, &u.mnt);
     scribble(&u.mnt);
     let theirs = tree_snapshot(&u.mnt);
@@ -744,7 +773,6 @@ fn tree_written_by_unionfs_fuse_reads_the_same_through_ours() {
 }
 
 #[test]
-#[ignore] // needs whiteout=meta (core)
 fn tree_written_by_ours_reads_the_same_through_unionfs_fuse() {
     if !require_root()
         || !require(

@@ -58,12 +58,13 @@ pub fn build_union(cfg: &MountConfig) -> Result<Union, CliError> {
                 None
             };
             first_rw = false;
-            b.attach_work(wd).map_err(|e| {
-                CliError::Usage(format!(
-                    "branch {}: cannot prepare its work directory: {e}",
-                    path.display()
-                ))
-            })?;
+            b.attach_work(wd, cfg.format == crate::core::FormatChoice::Meta)
+                .map_err(|e| {
+                    CliError::Usage(format!(
+                        "branch {}: cannot prepare its work directory: {e}",
+                        path.display()
+                    ))
+                })?;
         }
         branches.push(b);
     }

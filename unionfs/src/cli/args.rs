@@ -60,10 +60,13 @@ Union options (-o):
   lowerdir=L1:L2            read-only branches, highest first (overlay style)
   upperdir=U                the read-write branch on top (overlay style; needs workdir)
   workdir=W                 empty directory on the same filesystem as upperdir, for copy-up
-  whiteout=auto|overlay|wh  how deletions are recorded: overlay = 0/0 character device and
+  whiteout=auto|overlay|wh|meta
+                            how deletions are recorded: overlay = 0/0 character device and
                             the overlay.opaque xattr (readable by kernel overlayfs), wh = .wh.NAME
-                            files (OCI/AUFS); auto (default) = overlay where the top rw
-                            branch allows it, else wh
+                            files (OCI/AUFS), meta = unionfs-fuse's .unionfs-fuse/PATH_HIDDEN~
+                            markers (the default with unionfs-fuse's command line); auto
+                            (default otherwise) = overlay where the top rw branch allows it,
+                            else wh
   delete=all|whiteout|first all (default): remove every rw copy and whiteout what an ro branch
                             still shows; whiteout: keep lower copies, hide them; first: remove
                             only the top copy so a lower version shows through
@@ -96,7 +99,8 @@ branch without a mode is then read-only, as in unionfs-fuse):
   dirs=A=RW:B=RO            the branches, as an option
   chroot=DIR                branch paths are relative to DIR
   max_files=N               raise the daemon's open-file limit (RLIMIT_NOFILE) to N
-  hide_meta_files           hide unionfs-fuse's meta directory from readdir
+  hide_meta_files           leave unionfs-fuse's meta directory (.unionfs-fuse) and
+                            .fuse_hidden* files out of listings
   statfs_omit_ro            statfs leaves out read-only branches (always so here)
   relaxed_permissions       accepted when not root (the kernel still checks permissions,
                             which for the mounting user ask the same); refused as root

@@ -73,7 +73,7 @@ pub struct MountConfig {
     /// a lower file EROFS; new files in rw directories still work.
     pub cow: bool,
     /// unionfs-fuse `hide_meta_files`: its meta directory (and `.fuse_hidden*` files) do
-    /// not show in readdir. Needs core behaviour (with `whiteout=meta`).
+    /// not show in readdir (copied to `core.hide_meta_files`).
     pub hide_meta_files: bool,
     /// unionfs-fuse `max_files=N`: the daemon's RLIMIT_NOFILE (applied by the binary
     /// before it serves).
@@ -297,6 +297,7 @@ impl MountConfig {
         }
         let (mut lower, mut upper, mut workdir) = (None, None, None);
         let mut cow_opt = false;
+        let mut format_given = false;
         let mut chroot = None;
         let mut cfg = MountConfig {
             branches: Vec::new(),
@@ -340,20 +341,15 @@ impl MountConfig {
                     "upperdir" => upper = Some(need(v)?),
                     "workdir" => workdir = Some(need(v)?),
                     "whiteout" => {
+                        format_given = true;
                         cfg.format = match need(v)?.as_str() {
                             "auto" => FormatChoice::Auto,
                             "overlay" => FormatChoice::Overlay,
                             "wh" => FormatChoice::Wh,
-                            // TODO(core): FormatChoice::Meta, unionfs-fuse's
-                            // `.unionfs-fuse/PATH_HIDDEN~` layout (docs/compat.md).
-                            "meta" => {
-                                return Err(usage(
-                                    "option whiteout=meta (unionfs-fuse's layout) is not implemented yet; use auto, overlay or wh",
-                                ))
-                            }
+                            "meta" => FormatChoice::Meta,
                             o => {
                                 return Err(usage(format!(
-                                    "option whiteout={o}: use auto, overlay or wh"
+                                    "option whiteout={o}: use auto, overlay, wh or meta"
                                 )))
                             }
                         }
@@ -521,6 +517,11 @@ impl MountConfig {
         }
         cfg.cow = !cfg.unionfs_fuse || cow_opt;
         cfg.core.copy_up = cfg.cow;
+        // A drop-in for unionfs-fuse reads and writes the trees it left.
+        if cfg.unionfs_fuse && !format_given {
+            cfg.format = FormatChoice::Meta;
+        }
+        cfg.core.hide_meta_files = cfg.hide_meta_files;
         if let Some(c) = &chroot {
             let cp = canonical_dir(c, "chroot")?;
             for (d, _) in specs.iter_mut() {

@@ -204,8 +204,10 @@ impl Branch {
         })
     }
 
-    /// Gives a rw branch its work directory: `workdir` (overlay style) or the hidden one.
-    pub fn attach_work(&mut self, workdir: Option<&Path>) -> io::Result<()> {
+    /// Gives a rw branch its work directory: `workdir` (overlay style) or the hidden one,
+    /// which in unionfs-fuse's layout (`meta`) sits inside `.unionfs-fuse`, where
+    /// unionfs-fuse's own `hide_meta_files` hides it too.
+    pub fn attach_work(&mut self, workdir: Option<&Path>, meta: bool) -> io::Result<()> {
         let wd = match workdir {
             Some(w) => {
                 let wb = Branch::open(w, Mode::Rw)?;
@@ -219,12 +221,20 @@ impl Branch {
                     false,
                 )?
             }
-            None => WorkDir::open(
-                self.fd.as_fd(),
-                Path::new(HIDDEN_WORK_NAME),
-                self.path.join(HIDDEN_WORK_NAME),
-                true,
-            )?,
+            None => {
+                let rel = if meta {
+                    let m = std::ffi::OsStr::new(super::meta::META_DIR);
+                    match sys::mkdirat(self.fd.as_fd(), m, 0o770) {
+                        Ok(()) => sys::fchmodat(self.fd.as_fd(), m, 0o770)?,
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                        Err(e) => return Err(e),
+                    }
+                    Path::new(super::meta::META_DIR).join(HIDDEN_WORK_NAME)
+                } else {
+                    Path::new(HIDDEN_WORK_NAME).to_path_buf()
+                };
+                WorkDir::open(self.fd.as_fd(), &rel, self.path.join(&rel), true)?
+            }
         };
         self.work = Some(std::sync::Arc::new(wd));
         Ok(())

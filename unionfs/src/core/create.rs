@@ -154,6 +154,10 @@ impl Union {
             }
             fd
         };
+        if stack.format == super::WhiteoutFormat::Meta {
+            // The name is back; a directory marker stays and makes a new directory opaque.
+            super::meta::unhide(&stack, target, &path).ctx("create", &path)?;
+        }
         let obj = lookup_in(
             &stack,
             parent_in(&stack, parent, target)?
@@ -211,6 +215,9 @@ impl Union {
                 .ctx("link", &path)?;
         }
         sys::linkat(sdir.as_fd(), up.name(), dir.as_fd(), name).ctx("link", &path)?;
+        if stack.format == super::WhiteoutFormat::Meta {
+            super::meta::unhide(&stack, target, &path).ctx("link", &path)?;
+        }
         let p = parent_in(&stack, parent, target)?;
         let mut new = lookup_in(&stack, p.as_ref().unwrap_or(parent), name)?
             .ok_or(CoreError::NotFound { op: "link", path })?;

@@ -118,6 +118,17 @@ impl Union {
                 self.index_before_delete(stack, obj, w)?;
             }
         }
+        if stack.format == super::WhiteoutFormat::Meta {
+            // Markers live in the meta tree: no parent directory needs copying up.
+            for b in remove {
+                let dir = parent_fd(stack, b, &parent.path).ctx(op, &path)?;
+                remove_entry(dir.as_fd(), name).ctx(op, &path)?;
+            }
+            if let Some(w) = wh_at {
+                super::meta::hide(stack, w, &path, obj.is_dir()).ctx(op, &path)?;
+            }
+            return Ok(());
+        }
         for b in remove {
             let dir = parent_fd(stack, b, &parent.path).ctx(op, &path)?;
             if Some(b) == wh_at {
@@ -161,7 +172,15 @@ pub(crate) fn instances(
     let mut out = Vec::new();
     let mut cut = None;
     let n = parent.layers.len();
+    let meta_cut = if stack.format == super::WhiteoutFormat::Meta {
+        super::meta::cut(stack, &parent.path.join(name))?
+    } else {
+        None
+    };
     for (pos, &b) in parent.layers.iter().enumerate() {
+        if meta_cut.is_some_and(|c| b > c) {
+            break;
+        }
         let dir = match parent_fd(stack, b, &parent.path) {
             Ok(d) => d,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
@@ -179,6 +198,9 @@ pub(crate) fn instances(
         }
         let Some(st) = st else { continue };
         out.push(b);
+        if cut.is_none() && meta_cut == Some(b) {
+            cut = Some(out.len());
+        }
         if cut.is_none()
             && sys::is_dir(&st)
             && pos + 1 < n

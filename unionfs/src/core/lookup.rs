@@ -6,6 +6,8 @@ use std::os::fd::AsFd;
 
 use super::error::{IoContext, Result};
 use super::{inode, parent_fd, sys, CoreError, Layers, Obj, Stack, Union};
+use std::path::Path;
+
 use crate::core::branch::HIDDEN_WORK_NAME;
 
 impl Union {
@@ -89,7 +91,8 @@ impl ParentFds {
 
 /// Whether `name` in the directory at `parent_path` is the union's own bookkeeping.
 pub(crate) fn is_hidden_name(stack: &Stack, parent_path: &std::path::Path, name: &OsStr) -> bool {
-    (parent_path.as_os_str().is_empty() && name == HIDDEN_WORK_NAME)
+    ((parent_path.as_os_str().is_empty() || parent_path == Path::new(super::meta::META_DIR))
+        && name == HIDDEN_WORK_NAME)
         || stack.format.is_reserved_name(name)
 }
 
@@ -116,6 +119,12 @@ fn lookup_with(
     if is_hidden_name(stack, &parent.path, name) {
         return Ok(None);
     }
+    // unionfs-fuse markers hide the path below the branch holding one.
+    let meta_cut = if stack.format == super::WhiteoutFormat::Meta {
+        super::meta::cut(stack, &path).ctx("lookup", &path)?
+    } else {
+        None
+    };
     let gen = stack.layers_gen();
     let mut layers = Layers::new();
     let mut top: Option<sys::Stat> = None;
@@ -123,6 +132,9 @@ fn lookup_with(
     let n = parent.layers.len();
     for (pos, &b) in parent.layers.iter().enumerate() {
         // A read-only branch may be an image layer in either whiteout layout.
+        if meta_cut.is_some_and(|c| b > c) {
+            break;
+        }
         let foreign = !stack.is_rw(b);
         if foreign && stack.format.is_foreign_marker(name) {
             continue;

@@ -12,6 +12,7 @@ mod delete;
 pub mod error;
 mod inode;
 mod lookup;
+pub mod meta;
 mod readdir;
 mod rename;
 pub mod setattr;
@@ -69,6 +70,8 @@ pub enum FormatChoice {
     Overlay,
     /// `.wh.` layout.
     Wh,
+    /// unionfs-fuse's `.unionfs-fuse/PATH_HIDDEN~` layout.
+    Meta,
 }
 
 /// Union behaviour chosen at mount time.
@@ -81,6 +84,9 @@ pub struct Config {
     /// Copy-up allowed (unionfs-fuse mode without `-o cow`: no; a change to a lower
     /// object is refused instead, as unionfs-fuse does).
     pub copy_up: bool,
+    /// unionfs-fuse `hide_meta_files`: listings leave out its meta directory and
+    /// `.fuse_hidden*` files (they stay reachable by name).
+    pub hide_meta_files: bool,
 }
 
 impl Default for Config {
@@ -89,6 +95,7 @@ impl Default for Config {
             delete: DeleteMode::All,
             create: CreateMode::Parent,
             copy_up: true,
+            hide_meta_files: false,
         }
     }
 }
@@ -128,6 +135,7 @@ impl Stack {
         };
         let format = match (choice, overlay) {
             (FormatChoice::Wh, _) => WhiteoutFormat::Wh,
+            (FormatChoice::Meta, _) => WhiteoutFormat::Meta,
             (_, Some(o)) => o,
             (FormatChoice::Auto, None) => WhiteoutFormat::Wh,
             (FormatChoice::Overlay, None) => {

@@ -28,7 +28,20 @@ impl Union {
         let stack = self.stack();
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
+        let meta = stack.format == super::WhiteoutFormat::Meta;
+        // unionfs-fuse markers of every branch above a layer hide names in it, whether
+        // or not that branch holds the directory.
+        let mut meta_from = 0u16;
         for &b in &dir.layers {
+            if meta {
+                for i in meta_from..b {
+                    seen.extend(
+                        super::meta::hidden_names(&stack, i, &dir.path)
+                            .ctx("readdir", &dir.path)?,
+                    );
+                }
+                meta_from = b;
+            }
             let fd = match sys::open_beneath(
                 stack.branch(b).fd(),
                 &dir.path,
@@ -46,6 +59,17 @@ impl Union {
             let mut hidden_here = Vec::new();
             for e in entries {
                 if is_hidden_name(&stack, &dir.path, &e.name) && !is_wh_entry(&stack, &e.name) {
+                    continue;
+                }
+                if self.config.hide_meta_files && super::meta::is_meta_name(&dir.path, &e.name) {
+                    continue;
+                }
+                if meta
+                    && dir.path.as_os_str().is_empty()
+                    && super::meta::only_our_work_dir(fd.as_fd(), &e.name)
+                        .ctx("readdir", &dir.path)?
+                {
+                    // Shown once unionfs-fuse would have made it: at the first marker.
                     continue;
                 }
                 match stack

@@ -150,6 +150,9 @@ impl Union {
                 .ctx("rename", &new_path)?;
         }
         sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), new_name, 0).ctx("rename", &path)?;
+        if stack.format == super::WhiteoutFormat::Meta {
+            super::meta::unhide(&stack, target, &new_path).ctx("rename", &new_path)?;
+        }
         // Other copies of the destination in rw branches above the target would shadow
         // the result; lower ones are hidden by it. Then hide the old name.
         if let Some(d) = &dst {
@@ -214,7 +217,9 @@ impl Union {
         let dir = self.ensure_parents(&stack, target, &parent.path)?;
         // An opaque marker the directory already had travels with it (as in a plain
         // rename on overlayfs); one is added only where something lower must be hidden.
-        if lower_has {
+        if lower_has && stack.format == super::WhiteoutFormat::Meta {
+            super::meta::hide(&stack, target, &path, true).ctx("rename", &path)
+        } else if lower_has {
             stack
                 .format
                 .set_opaque(dir.as_fd(), name)

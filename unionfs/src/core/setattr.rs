@@ -275,7 +275,7 @@ mod tests {
                     assert!(get_xattr(&t.path("rw").join("f"), &stored).is_some());
                     assert!(u.listxattr(&f).unwrap().iter().any(|a| *a == *asked));
                 }
-                super::super::WhiteoutFormat::Wh => {
+                super::super::WhiteoutFormat::Wh | super::super::WhiteoutFormat::Meta => {
                     let ours = format!("{}origin", u.stack().format.record_prefix());
                     let e = u.setxattr(&f, os(&ours), b"y", 0);
                     assert_eq!(e.unwrap_err().errno(), libc::EOPNOTSUPP);

@@ -118,7 +118,7 @@ pub fn open_new_branch(
     }
     let mut b = Branch::open(&canon, mode).map_err(|e| bad(dir, e.to_string()))?;
     if mode == Mode::Rw {
-        b.attach_work(None)
+        b.attach_work(None, stack.format == crate::core::WhiteoutFormat::Meta)
             .map_err(|e| bad(dir, format!("cannot prepare its work directory: {e}")))?;
     }
     Ok(b)
@@ -164,7 +164,7 @@ pub fn with_mode(stack: &Stack, i: usize, mode: Mode) -> Result<Vec<Branch>, Sta
     }
     if mode == Mode::Rw && b.work.is_none() {
         let p = b.path.clone();
-        b.attach_work(None)
+        b.attach_work(None, stack.format == crate::core::WhiteoutFormat::Meta)
             .map_err(|e| bad(&p, format!("cannot prepare its work directory: {e}")))?;
     }
     Ok(v)

@@ -75,7 +75,7 @@ impl Tree {
             .map(|(n, m)| {
                 let mut b = Branch::open(&self.path(n), *m).unwrap();
                 if *m == Mode::Rw {
-                    b.attach_work(None).unwrap();
+                    b.attach_work(None, f == FormatChoice::Meta).unwrap();
                 }
                 b
             })

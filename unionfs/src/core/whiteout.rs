@@ -29,6 +29,10 @@ pub enum WhiteoutFormat {
     },
     /// `.wh.NAME` files and `.wh..wh..opq`.
     Wh,
+    /// unionfs-fuse's `.unionfs-fuse/PATH_HIDDEN~` markers (`core::meta`): nothing is
+    /// recorded next to a name, so the per-directory operations here find nothing and
+    /// write nothing; lookup, readdir, delete and create ask `core::meta` instead.
+    Meta,
 }
 
 impl std::fmt::Display for WhiteoutFormat {
@@ -37,6 +41,7 @@ impl std::fmt::Display for WhiteoutFormat {
             WhiteoutFormat::Overlay { user_xattr: false } => f.write_str("overlay"),
             WhiteoutFormat::Overlay { user_xattr: true } => f.write_str("overlay (user xattrs)"),
             WhiteoutFormat::Wh => f.write_str("wh"),
+            WhiteoutFormat::Meta => f.write_str("meta"),
         }
     }
 }
@@ -69,7 +74,7 @@ impl WhiteoutFormat {
     pub fn is_reserved_name(&self, name: &OsStr) -> bool {
         match self {
             WhiteoutFormat::Wh => name.as_bytes().starts_with(WH_PREFIX),
-            WhiteoutFormat::Overlay { .. } => false,
+            WhiteoutFormat::Overlay { .. } | WhiteoutFormat::Meta => false,
         }
     }
 
@@ -78,7 +83,7 @@ impl WhiteoutFormat {
         match self {
             WhiteoutFormat::Overlay { user_xattr: false } => Some(b"trusted.overlay."),
             WhiteoutFormat::Overlay { user_xattr: true } => Some(b"user.overlay."),
-            WhiteoutFormat::Wh => None,
+            WhiteoutFormat::Wh | WhiteoutFormat::Meta => None,
         }
     }
 
@@ -89,8 +94,8 @@ impl WhiteoutFormat {
         match self {
             WhiteoutFormat::Overlay { user_xattr: false } => "trusted.overlay.unionfs.",
             WhiteoutFormat::Overlay { user_xattr: true } => "user.overlay.unionfs.",
-            WhiteoutFormat::Wh if sys::geteuid() == 0 => "trusted.unionfs.",
-            WhiteoutFormat::Wh => "user.unionfs.",
+            WhiteoutFormat::Wh | WhiteoutFormat::Meta if sys::geteuid() == 0 => "trusted.unionfs.",
+            WhiteoutFormat::Wh | WhiteoutFormat::Meta => "user.unionfs.",
         }
     }
 
@@ -152,6 +157,7 @@ impl WhiteoutFormat {
                 }
                 Ok(sys::stat_opt(dir, &wh_name(name))?.is_some())
             }
+            WhiteoutFormat::Meta => Ok(false),
         }
     }
 
@@ -162,6 +168,8 @@ impl WhiteoutFormat {
             WhiteoutFormat::Wh => WhiteoutFormat::Overlay {
                 user_xattr: sys::geteuid() != 0,
             },
+            // unionfs-fuse reads no other layout in its branches.
+            WhiteoutFormat::Meta => WhiteoutFormat::Meta,
         }
     }
 
@@ -238,6 +246,7 @@ impl WhiteoutFormat {
                     Ok(EntryMeaning::Real)
                 }
             }
+            WhiteoutFormat::Meta => Ok(EntryMeaning::Real),
         }
     }
 
@@ -255,6 +264,7 @@ impl WhiteoutFormat {
                 let sub = sys::open_dir_path(dir, std::path::Path::new(name))?;
                 Ok(sys::stat_opt(sub.as_fd_borrow(), OsStr::new(WH_OPAQUE))?.is_some())
             }
+            WhiteoutFormat::Meta => Ok(false),
         }
     }
 
@@ -268,6 +278,8 @@ impl WhiteoutFormat {
                 let sub = sys::open_dir_path(dir, std::path::Path::new(name))?;
                 create_marker(sub.as_fd_borrow(), OsStr::new(WH_OPAQUE))
             }
+            // Needs the path: `meta::hide(.., is_dir: true)`.
+            WhiteoutFormat::Meta => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         }
     }
 
@@ -282,6 +294,7 @@ impl WhiteoutFormat {
                 let sub = sys::open_dir_path(dir, std::path::Path::new(name))?;
                 sys::unlinkat(sub.as_fd_borrow(), OsStr::new(WH_OPAQUE), false)
             }
+            WhiteoutFormat::Meta => Ok(()),
         };
         match r {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOENT)) => {
@@ -297,6 +310,8 @@ impl WhiteoutFormat {
         match self {
             WhiteoutFormat::Overlay { .. } => sys::mknodat(dir, name, libc::S_IFCHR, 0),
             WhiteoutFormat::Wh => create_marker(dir, &wh_name(name)),
+            // Needs the path: `meta::hide`.
+            WhiteoutFormat::Meta => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         }
     }
 
@@ -308,6 +323,7 @@ impl WhiteoutFormat {
                 _ => return Ok(false),
             },
             WhiteoutFormat::Wh => wh_name(name),
+            WhiteoutFormat::Meta => return Ok(false),
         };
         match sys::unlinkat(dir, &target, false) {
             Ok(()) => Ok(true),
@@ -332,7 +348,7 @@ impl WhiteoutFormat {
                 let _ = sys::unlinkat(dir, d, true);
                 ok
             }
-            WhiteoutFormat::Wh => true,
+            WhiteoutFormat::Wh | WhiteoutFormat::Meta => true,
         };
         let _ = sys::unlinkat(dir, name, false);
         ok

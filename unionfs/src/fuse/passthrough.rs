@@ -24,6 +24,9 @@ use parking_lot::{Condvar, Mutex};
 /// kernel sends RELEASE asynchronously, so a handle closed just before may still count.
 const RELEASE_GRACE: Duration = Duration::from_millis(500);
 
+/// How long an open waits for a release in flight while a stack change drains writers.
+const HELD_GRACE: Duration = Duration::from_millis(100);
+
 /// `-o passthrough=`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PassthroughMode {
@@ -161,6 +164,17 @@ impl<B> PassthroughTable<B> {
                 && matches!(inodes.get(&ino), Some(InodeIo::Passthrough { .. }))
             {
                 return Err(Busy);
+            }
+        }
+        if self.held.load(Ordering::Relaxed) > 0 {
+            // A stack change waits for passthrough writers to drain: let a RELEASE in
+            // flight (the kernel sends it after close returns) land first, so a file
+            // opened again at once does not keep its inode in passthrough.
+            let deadline = Instant::now() + HELD_GRACE;
+            while matches!(inodes.get(&ino), Some(InodeIo::Passthrough { .. })) {
+                if self.released.wait_until(&mut inodes, deadline).timed_out() {
+                    break;
+                }
             }
         }
         match inodes.get_mut(&ino) {

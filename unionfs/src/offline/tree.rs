@@ -94,6 +94,7 @@ pub(crate) fn format_name(f: Option<WhiteoutFormat>) -> &'static str {
         Some(WhiteoutFormat::Wh) => "wh",
         Some(WhiteoutFormat::Overlay { user_xattr: false }) => "overlay",
         Some(WhiteoutFormat::Overlay { user_xattr: true }) => "overlay-user",
+        Some(WhiteoutFormat::Meta) => "meta",
     }
 }
 
