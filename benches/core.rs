@@ -15,7 +15,7 @@ fn union_over(dirs: &[&Path]) -> Union {
             let mode = if i == 0 { Mode::Rw } else { Mode::Ro };
             let mut b = Branch::open(d, mode).expect("branch");
             if mode == Mode::Rw {
-                b.attach_work(None).expect("work dir");
+                b.attach_work(None, false).expect("work dir");
             }
             b
         })
