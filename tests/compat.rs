@@ -796,3 +796,39 @@ fn tree_written_by_ours_reads_the_same_through_unionfs_fuse() {
     g.unmount();
     assert_snapshots_eq("unionfs whiteout=meta", &ours, "unionfs-fuse", &theirs);
 }
+
+#[test]
+fn overlay_form_as_root_serves_every_uid_as_fuse_overlayfs_does() {
+    if !require_root() || require_test_user().is_none() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let t = TempTree::new();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    t.write("L/low.txt", "low\n");
+    let (up, work, mnt, mnt2) = (t.mkdir("U"), t.mkdir("W"), t.mkdir("m"), t.mkdir("m2"));
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        t.join("L").display(),
+        up.display(),
+        work.display()
+    );
+    let g = MountGuard::mount(["-o", &opts, mnt.to_str().unwrap()], &mnt);
+    let out = run(as_user(TEST_USER, "cat").arg(mnt.join("low.txt")));
+    assert!(out.success() && out.stdout == "low\n", "{out}");
+    g.unmount();
+    // The native form stays private to the mounter unless asked (allow_other).
+    let g = MountGuard::mount(
+        [
+            "--branch",
+            &format!("{}=rw", up.display()),
+            "--branch",
+            &format!("{}=ro", t.join("L").display()),
+            mnt2.to_str().unwrap(),
+        ],
+        &mnt2,
+    );
+    let out = run(as_user(TEST_USER, "cat").arg(mnt2.join("low.txt")));
+    assert!(!out.success(), "another uid reached a private mount: {out}");
+    g.unmount();
+}

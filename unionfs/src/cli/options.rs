@@ -483,6 +483,10 @@ impl MountConfig {
                 }
             }
         }
+        // As fuse-overlayfs does as root: a container's processes run as other uids.
+        if (upper.is_some() || lower.is_some()) && nix::unistd::geteuid().is_root() {
+            cfg.allow_other = true;
+        }
         if let Some(u) = &upper {
             specs.push((u.clone(), Some(Mode::Rw)));
             if workdir.is_none() {
