@@ -9,6 +9,7 @@ mod cli;
 mod compat;
 mod ctl;
 mod memory;
+mod metacopy;
 mod mount;
 mod offline;
 mod oracle;

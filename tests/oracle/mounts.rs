@@ -93,11 +93,13 @@ fn kernel_mount(opts: &str, mnt: &Path, flags: libc::c_ulong) -> Result<Mount, S
 }
 
 impl Mount {
-    pub fn new(backend: &Backend, l: &Layout) -> Result<Mount, String> {
+    /// `metacopy`: both sides with `metacopy=on`.
+    pub fn new(backend: &Backend, l: &Layout, metacopy: bool) -> Result<Mount, String> {
+        let mc = if metacopy { ",metacopy=on" } else { "" };
         match backend {
             Backend::Kernel => {
                 let opts = format!(
-                    "lowerdir={},upperdir={},workdir={},index=on",
+                    "lowerdir={},upperdir={},workdir={},index=on{mc}",
                     l.lower.display(),
                     l.upper.display(),
                     l.work.display()
@@ -109,7 +111,7 @@ impl Mount {
                 // refuses a caller whose fsuid is not the mounter's without it; some steps
                 // run with fsuid 1000.
                 let opts = format!(
-                    "lowerdir={},upperdir={},workdir={},whiteout=overlay,allow_other",
+                    "lowerdir={},upperdir={},workdir={},whiteout=overlay,allow_other{mc}",
                     l.lower.display(),
                     l.upper.display(),
                     l.work.display()
@@ -161,11 +163,12 @@ impl Mount {
     }
 
     /// A read-only kernel overlay of `layers` (top first): how the kernel reads a stack.
-    pub fn kernel_ro(layers: &[&Path], mnt: &Path) -> Result<Mount, String> {
+    pub fn kernel_ro(layers: &[&Path], mnt: &Path, metacopy: bool) -> Result<Mount, String> {
         std::fs::create_dir_all(mnt).map_err(|e| e.to_string())?;
         let lower: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
+        let mc = if metacopy { ",metacopy=on" } else { "" };
         kernel_mount(
-            &format!("lowerdir={}", lower.join(":")),
+            &format!("lowerdir={}{mc}", lower.join(":")),
             mnt,
             libc::MS_RDONLY,
         )

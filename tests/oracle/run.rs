@@ -26,6 +26,8 @@ pub enum Perturb {
 #[derive(Clone)]
 pub struct Config {
     pub peer: Backend,
+    /// Both sides mounted with `metacopy=on`.
+    pub metacopy: bool,
     pub ops: usize,
     /// Compare the visible trees after every `every` steps (0: only at the end).
     pub every: usize,
@@ -139,8 +141,8 @@ pub fn run(seed: u64, cfg: &Config, script: Option<&[Step]>, every: usize) -> Re
         log: String::new(),
     };
     // Declared after `tmp`, so dropped (unmounted) before the directories are removed.
-    let mut mk = Mount::new(&Backend::Kernel, &lk)?;
-    let mut mo = match Mount::new(&cfg.peer, &lo) {
+    let mut mk = Mount::new(&Backend::Kernel, &lk, cfg.metacopy)?;
+    let mut mo = match Mount::new(&cfg.peer, &lo, cfg.metacopy) {
         Ok(m) => m,
         Err(e) => {
             run.failure = Some(Failure {
@@ -332,7 +334,7 @@ fn drive(
     // no index), must see what our mount shows. Link counts and the content of hard
     // links are left out: without overlayfs' index the kernel breaks copied-up links.
     let rr = lo.mnt.with_file_name("reread");
-    let m = Mount::kernel_ro(&[&lo.upper, &lo.lower], &rr)
+    let m = Mount::kernel_ro(&[&lo.upper, &lo.lower], &rr, cfg.metacopy)
         .map_err(|e| format!("kernel cannot mount our upper: {e}"));
     match m {
         Err(e) => {

@@ -75,6 +75,9 @@ Union options (-o):
                             top = always the topmost rw branch
   entry_timeout=SECS        how long the kernel caches name lookups (default 60)
   attr_timeout=SECS         how long the kernel caches attributes (default 60)
+  metacopy=on|off           on: chmod/chown/touch/xattr changes of a lower file copy its
+                            metadata only, the data follows at the first write (the layout
+                            kernel overlayfs reads with its own metacopy=on); default off
   passthrough=off|auto|on   FUSE passthrough (Linux 6.9+, daemon running as real root):
                             the kernel reads and writes open files itself. auto (default):
                             files on rw branches; on: also lower files opened read-only (a

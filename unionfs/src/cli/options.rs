@@ -442,7 +442,16 @@ impl MountConfig {
                     // Kernel overlayfs features we do not write; a tree without them reads
                     // the same.
                     "redirect_dir" => {}
-                    "index" | "nfs_export" | "metacopy" if v == Some("off") => {}
+                    "index" | "nfs_export" if v == Some("off") => {}
+                    "metacopy" => match v {
+                        Some("on") => cfg.core.metacopy = true,
+                        Some("off") => cfg.core.metacopy = false,
+                        _ => {
+                            return Err(usage(format!(
+                                "option {opt}: expected metacopy=on or metacopy=off"
+                            )))
+                        }
+                    },
                     "xino" if matches!(v, Some("off" | "auto")) => {}
                     "noxattrs" => check_bool(k, &need(v)?, "0", "xattrs stay supported")?,
                     "xattr_permissions" => {
@@ -526,6 +535,11 @@ impl MountConfig {
             cfg.format = FormatChoice::Meta;
         }
         cfg.core.hide_meta_files = cfg.hide_meta_files;
+        if cfg.core.metacopy && matches!(cfg.format, FormatChoice::Wh | FormatChoice::Meta) {
+            return Err(usage(
+                "option metacopy=on needs the overlay whiteout format (whiteout=overlay or auto)",
+            ));
+        }
         if let Some(c) = &chroot {
             let cp = canonical_dir(c, "chroot")?;
             for (d, _) in specs.iter_mut() {

@@ -20,6 +20,9 @@ pub(crate) enum Data {
     Full,
     /// Only the first N bytes (0: metadata only, for `O_TRUNC` and truncate to 0).
     Truncate(u64),
+    /// Metadata only, the data staying below (`-o metacopy=on`, for attribute changes);
+    /// a file that cannot be copied so (hard links) is copied in full.
+    Meta,
 }
 
 impl Union {
@@ -39,6 +42,54 @@ impl Union {
 
     /// Copies `obj` up (if it is not already on its write target) and returns it there.
     pub(crate) fn copy_up(&self, obj: &Obj, data: Data) -> Result<Obj> {
+        let up = self.copy_up_inner(obj, data)?;
+        if up.is_metacopy() && data != Data::Meta {
+            return self.fill_metacopy(&up, data);
+        }
+        Ok(up)
+    }
+
+    /// Gives a metadata-only copy on its write target its data, in place as the kernel
+    /// does: copied into the sparse copy and fsynced before the metacopy mark goes, so a
+    /// crash leaves a copy that still reads its data from below.
+    fn fill_metacopy(&self, obj: &Obj, data: Data) -> Result<Obj> {
+        let stack = self.stack();
+        let _guard = self.lock_for(&obj.path).lock();
+        let obj = self.relookup(&stack, obj)?;
+        if !obj.is_metacopy() {
+            return Ok(obj);
+        }
+        let rel = &obj.path;
+        let dir = parent_fd(&stack, obj.top(), obj.parent_path()).ctx("copy-up", rel)?;
+        let data_dir = parent_fd(&stack, obj.layers[1], obj.parent_path()).ctx("copy-up", rel)?;
+        let st = sys::fstatat(dir.as_fd(), obj.name()).ctx("copy-up", rel)?;
+        let out = sys::openat(dir.as_fd(), obj.name(), libc::O_WRONLY, 0).ctx("copy-up", rel)?;
+        let size = st.st_size.max(0) as u64;
+        let len = match data {
+            Data::Truncate(n) => n.min(size),
+            _ => size,
+        };
+        if len > 0 {
+            let input =
+                sys::openat(data_dir.as_fd(), obj.name(), libc::O_RDONLY, 0).ctx("copy-up", rel)?;
+            copy_data(input.as_fd(), out.as_fd(), len).ctx("copy-up", rel)?;
+        }
+        if let Data::Truncate(n) = data {
+            sys::ftruncate(out.as_fd(), n).ctx("copy-up", rel)?;
+        }
+        sys::fsync(out.as_fd(), true).ctx("copy-up", rel)?;
+        // Copying changed the times; the caller's change has not happened yet.
+        let _ = sys::utimensat(dir.as_fd(), obj.name(), &times_of(&st));
+        if let Some(x) = stack.format.metacopy_xattr() {
+            sys::removexattr(dir.as_fd(), obj.name(), OsStr::new(x)).ctx("copy-up", rel)?;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.copy_ups.fetch_add(1, Relaxed);
+        self.stats.bytes_copied.fetch_add(len, Relaxed);
+        self.relookup(&stack, &obj)
+    }
+
+    fn copy_up_inner(&self, obj: &Obj, data: Data) -> Result<Obj> {
         let stack = self.stack();
         let target = self
             .write_target(&stack, obj.top())
@@ -169,8 +220,10 @@ impl Union {
         }
         for e in self.readdir(&up)? {
             if e.branch == target {
-                // Already there; but a merged subdirectory still needs its lower parts.
-                if e.d_type != libc::DT_DIR && e.d_type != libc::DT_UNKNOWN {
+                // Already there; but a merged subdirectory still needs its lower parts,
+                // and a metadata-only copy its data.
+                if e.d_type != libc::DT_DIR && e.d_type != libc::DT_UNKNOWN && !self.config.metacopy
+                {
                     continue;
                 }
             }
@@ -179,7 +232,8 @@ impl Union {
                 if child.layers.len() > 1 || child.top() != target {
                     self.copy_tree_up(&child)?;
                 }
-            } else if child.top() != target || child.indexed.is_some() {
+            } else if child.top() != target || child.indexed.is_some() || child.is_metacopy() {
+                // (A metadata-only copy finds its data by path: it must not move without it.)
                 self.copy_up(&child, Data::Full)?;
             }
         }
@@ -350,9 +404,30 @@ fn copy_file_into(
         }
     }
     let tmp = OsString::from(work.temp_name());
-    let built = build_copy(stack, src.as_fd(), name, &st, work.tmp.as_fd(), &tmp, data)
-        .map(|()| stack.write_origin(work.tmp.as_fd(), &tmp, obj.ino))
-        .ctx("copy-up", rel);
+    // Metadata only where the kernel's layout allows it: a plain file, one name.
+    let data = match data {
+        Data::Meta if key.is_some() || stack.format.metacopy_xattr().is_none() => Data::Full,
+        d => d,
+    };
+    // A metadata-only copy being copied on takes its data from below it.
+    let data_dir = if obj.is_metacopy() && data != Data::Meta {
+        Some(parent_fd(stack, obj.layers[1], obj.parent_path()).ctx("copy-up", rel)?)
+    } else {
+        None
+    };
+    let from = data_dir.as_ref().map(|d| d.as_fd());
+    let built = build_copy(
+        stack,
+        src.as_fd(),
+        name,
+        &st,
+        work.tmp.as_fd(),
+        &tmp,
+        data,
+        from,
+    )
+    .map(|()| stack.write_origin(work.tmp.as_fd(), &tmp, obj.ino))
+    .ctx("copy-up", rel);
     if let Err(e) = built {
         let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, false);
         return Err(e);
@@ -368,12 +443,16 @@ fn copy_file_into(
     if r.is_err() {
         let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, false);
     }
-    let copied = match (st.st_mode & libc::S_IFMT, data) {
+    r.map(|()| copied_len(&st, data))
+}
+
+/// Bytes a copy-up of a file with lstat `st` moves.
+fn copied_len(st: &Stat, data: Data) -> u64 {
+    match (st.st_mode & libc::S_IFMT, data) {
         (libc::S_IFREG, Data::Full) => st.st_size.max(0) as u64,
         (libc::S_IFREG, Data::Truncate(n)) => n.min(st.st_size.max(0) as u64),
         _ => 0,
-    };
-    r.map(|()| copied)
+    }
 }
 
 /// Links the finished copy `tmp` into the hard-link index with its count of names still
@@ -450,6 +529,7 @@ impl Union {
             work.tmp.as_fd(),
             &tmp,
             Data::Full,
+            None,
         )
         .map(|()| stack.write_origin(work.tmp.as_fd(), &tmp, obj.ino))
         .ctx("unlink", rel);
@@ -482,6 +562,7 @@ fn link_from_index(
 }
 
 /// Creates `tmp` in `dir` as a copy of `name` in `src`.
+#[allow(clippy::too_many_arguments)]
 fn build_copy(
     stack: &Stack,
     src: BorrowedFd<'_>,
@@ -490,6 +571,7 @@ fn build_copy(
     dir: BorrowedFd<'_>,
     tmp: &OsStr,
     data: Data,
+    data_from: Option<BorrowedFd<'_>>,
 ) -> std::io::Result<()> {
     match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => {
@@ -502,15 +584,18 @@ fn build_copy(
             let len = match data {
                 Data::Full => st.st_size as u64,
                 Data::Truncate(n) => n.min(st.st_size as u64),
+                Data::Meta => 0,
             };
             if len > 0 {
-                let input = sys::openat(src, name, libc::O_RDONLY, 0)?;
+                // The data may live elsewhere (below a metadata-only copy).
+                let input = sys::openat(data_from.unwrap_or(src), name, libc::O_RDONLY, 0)?;
                 copy_data(input.as_fd(), out.as_fd(), len)?;
             }
-            if let Data::Truncate(n) = data {
-                sys::ftruncate(out.as_fd(), n)?;
-            } else {
-                sys::ftruncate(out.as_fd(), len)?;
+            match data {
+                Data::Truncate(n) => sys::ftruncate(out.as_fd(), n)?,
+                // A sparse file of the right size, as the kernel's metacopy leaves it.
+                Data::Meta => sys::ftruncate(out.as_fd(), st.st_size as u64)?,
+                Data::Full => sys::ftruncate(out.as_fd(), len)?,
             }
             // As durable as the kernel's copy-up: the data is on disk before the rename.
             if len > 0 {
@@ -524,7 +609,13 @@ fn build_copy(
         libc::S_IFDIR => sys::mkdirat(dir, tmp, 0o700)?,
         _ => sys::mknodat(dir, tmp, st.st_mode & libc::S_IFMT | 0o600, st.st_rdev)?,
     }
-    copy_meta(stack, src, name, st, dir, tmp)
+    copy_meta(stack, src, name, st, dir, tmp)?;
+    match (data, stack.format.metacopy_xattr()) {
+        (Data::Meta, Some(x)) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+            sys::setxattr(dir, tmp, OsStr::new(x), b"", 0)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Copies `len` bytes, keeping holes: only the data extents move, with

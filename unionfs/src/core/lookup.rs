@@ -2,7 +2,7 @@
 //! its type; a whiteout hides the name below; an opaque directory stops the merge.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::error::{IoContext, Result};
 use super::{inode, parent_fd, sys, CoreError, Layers, Obj, Stack, Union};
@@ -89,6 +89,54 @@ impl ParentFds {
     }
 }
 
+/// Whether `name` in `dir` (lstat `st`) is a metadata-only copy.
+fn is_metacopy(stack: &Stack, dir: BorrowedFd<'_>, name: &OsStr, st: &sys::Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && stack.format.metacopy_xattr().is_some_and(|x| {
+            sys::getxattr(dir, name, OsStr::new(x))
+                .ok()
+                .flatten()
+                .is_some()
+        })
+}
+
+/// The branch (and lstat) of the file holding the data of a metadata-only copy of
+/// `name`, searching the parent's layers from `from` down.
+fn metacopy_data(
+    stack: &Stack,
+    parent: &Obj,
+    name: &OsStr,
+    from: usize,
+    fds: &mut ParentFds,
+    meta_cut: Option<u16>,
+) -> std::io::Result<Option<(u16, sys::Stat)>> {
+    for (pos, &b) in parent.layers.iter().enumerate().skip(from) {
+        if meta_cut.is_some_and(|c| b > c) {
+            break;
+        }
+        let Some(dir) = fds.get(stack, pos, b, &parent.path)? else {
+            continue;
+        };
+        let st = sys::stat_opt(dir, name)?;
+        if stack
+            .format
+            .is_whiteout_in(dir, name, st.as_ref(), !stack.is_rw(b))?
+        {
+            return Ok(None);
+        }
+        match st {
+            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                if !is_metacopy(stack, dir, name, &st) {
+                    return Ok(Some((b, st)));
+                }
+            }
+            Some(_) => return Ok(None),
+            None => {}
+        }
+    }
+    Ok(None)
+}
+
 /// Whether `name` in the directory at `parent_path` is the union's own bookkeeping.
 pub(crate) fn is_hidden_name(stack: &Stack, parent_path: &std::path::Path, name: &OsStr) -> bool {
     ((parent_path.as_os_str().is_empty() || parent_path == Path::new(super::meta::META_DIR))
@@ -159,8 +207,21 @@ fn lookup_with(
                 if !sys::is_dir(&st) {
                     let ino = stack.ino_of(b, dir, name, &st);
                     let mut st = st;
+                    let metacopy = stack.metacopy && is_metacopy(stack, dir, name, &st);
                     if stack.is_rw(b) {
                         st.st_nlink = stack.union_nlink(dir, name, &st);
+                    }
+                    if metacopy {
+                        // The data is the first plain file of this name further down.
+                        match metacopy_data(stack, parent, name, pos + 1, fds, meta_cut)
+                            .ctx("lookup", &path)?
+                        {
+                            Some((d, dst)) => {
+                                layers.push(d);
+                                st.st_blocks = dst.st_blocks;
+                            }
+                            None => return Err(super::error::errno("lookup", &path, libc::EIO)),
+                        }
                     }
                     let mut obj = Obj {
                         path,

@@ -87,6 +87,9 @@ pub struct Config {
     /// unionfs-fuse `hide_meta_files`: listings leave out its meta directory and
     /// `.fuse_hidden*` files (they stay reachable by name).
     pub hide_meta_files: bool,
+    /// `-o metacopy=on`: attribute changes of a lower file copy its metadata only (the
+    /// kernel's `metacopy=on` layout); the data follows at the first write.
+    pub metacopy: bool,
 }
 
 impl Default for Config {
@@ -96,6 +99,7 @@ impl Default for Config {
             create: CreateMode::Parent,
             copy_up: true,
             hide_meta_files: false,
+            metacopy: false,
         }
     }
 }
@@ -112,6 +116,8 @@ pub struct Stack {
     /// directory, rename, rmdir): an `Obj` of a directory found before is then stale.
     layers_gen: std::sync::atomic::AtomicU64,
     born: u64,
+    /// Metadata-only copies are read (`Config::metacopy`).
+    pub(crate) metacopy: bool,
 }
 
 impl Stack {
@@ -164,6 +170,7 @@ impl Stack {
             devs,
             layers_gen: std::sync::atomic::AtomicU64::new(born),
             born,
+            metacopy: false,
         }
     }
 
@@ -248,6 +255,12 @@ impl Obj {
         self.layers[0]
     }
 
+    /// A metadata-only copy (`-o metacopy=on`): `layers[0]` holds the metadata, and
+    /// the data is still the file of the same path in `layers[1]`.
+    pub fn is_metacopy(&self) -> bool {
+        !self.is_dir() && self.layers.len() > 1
+    }
+
     /// Splits into (path, layers, ino, indexed) for compact storage.
     pub(crate) fn into_parts(self) -> (PathBuf, Layers, u64, Option<(u16, String)>, u64) {
         (self.path, self.layers, self.ino, self.indexed, self.gen)
@@ -321,7 +334,8 @@ pub struct Stats {
 
 impl Union {
     /// A union over `stack`.
-    pub fn new(stack: Stack, config: Config) -> Union {
+    pub fn new(mut stack: Stack, config: Config) -> Union {
+        stack.metacopy = config.metacopy;
         Union {
             stack: RwLock::new(Arc::new(stack)),
             config,
@@ -359,7 +373,8 @@ impl Union {
         let old = self.stack();
         let (branches, out) = change(&old)?;
         let born = old.layers_gen() + 1;
-        let new = Stack::with_format(branches, old.format, born);
+        let mut new = Stack::with_format(branches, old.format, born);
+        new.metacopy = old.metacopy;
         *self.stack.write() = Arc::new(new);
         Ok(out)
     }
@@ -418,11 +433,15 @@ impl Union {
         if writes || (flags & libc::O_TRUNC != 0) {
             let how = if flags & libc::O_TRUNC != 0 {
                 copyup::Data::Truncate(0)
+            } else if self.config.metacopy && acc == libc::O_WRONLY {
+                // Nothing can be read through this fd: the data may wait for the
+                // first write (`Union::fill_for_write`), which `touch` never makes.
+                copyup::Data::Meta
             } else {
                 copyup::Data::Full
             };
             let up = self.copy_up(obj, how)?;
-            if up.layers[0] != obj.layers[0] || up.indexed != obj.indexed {
+            if up.layers != obj.layers || up.indexed != obj.indexed {
                 moved = Some(up.clone());
             }
             target = up;
@@ -442,8 +461,13 @@ impl Union {
                 0,
             )
         } else {
-            let dir =
-                parent_fd(&stack, target.top(), target.parent_path()).ctx("open", &obj.path)?;
+            // A metadata-only copy is read from the file that still holds its data.
+            let from = if target.is_metacopy() && !writes {
+                target.layers[1]
+            } else {
+                target.top()
+            };
+            let dir = parent_fd(&stack, from, target.parent_path()).ctx("open", &obj.path)?;
             sys::openat(dir.as_fd(), target.name(), open_flags | libc::O_NONBLOCK, 0).inspect(
                 |fd| {
                     // O_NONBLOCK only kept fifos from blocking the daemon; drop it again.
@@ -463,6 +487,16 @@ impl Union {
         }
         .ctx("open", &obj.path)?;
         Ok((fd, moved))
+    }
+
+    /// Gives a metadata-only copy its data before a write through a handle opened
+    /// without it; returns the object as it is now.
+    pub fn fill_for_write(&self, obj: &Obj) -> Result<Obj> {
+        if obj.is_metacopy() {
+            self.copy_up(obj, copyup::Data::Full)
+        } else {
+            Ok(obj.clone())
+        }
     }
 
     /// File system statistics of the branch new data goes to.

@@ -31,6 +31,7 @@ impl Union {
     pub fn setattr(&self, obj: &Obj, a: &SetAttr, fd: Option<BorrowedFd<'_>>) -> Result<Obj> {
         let data = match a.size {
             Some(n) => Data::Truncate(n),
+            None if self.config.metacopy => Data::Meta,
             None => Data::Full,
         };
         let up = self.copy_up(obj, data)?;
@@ -89,6 +90,13 @@ impl Union {
         }
         let dir = parent_fd(&stack, obj.layers[0], obj.parent_path()).ctx("stat", &obj.path)?;
         let mut st = sys::fstatat(dir.as_fd(), obj.name()).ctx("stat", &obj.path)?;
+        if obj.is_metacopy() {
+            // The blocks are those of the data, as the kernel reports them.
+            let d = parent_fd(&stack, obj.layers[1], obj.parent_path()).ctx("stat", &obj.path)?;
+            if let Ok(dst) = sys::fstatat(d.as_fd(), obj.name()) {
+                st.st_blocks = dst.st_blocks;
+            }
+        }
         if stack.is_rw(obj.layers[0]) {
             st.st_nlink = stack.union_nlink(dir.as_fd(), obj.name(), &st);
         }
@@ -130,7 +138,14 @@ impl Union {
         if obj.indexed.is_some() {
             return Ok(obj.clone());
         }
-        self.copy_up(obj, Data::Full)
+        self.copy_up(
+            obj,
+            if self.config.metacopy {
+                Data::Meta
+            } else {
+                Data::Full
+            },
+        )
     }
 
     /// Reads one xattr (`Ok(None)`: not set).

@@ -70,6 +70,16 @@ impl WhiteoutFormat {
         }
     }
 
+    /// The xattr that marks a metadata-only copy (the kernel's `metacopy=on` layout);
+    /// only the overlay format has one.
+    pub(crate) fn metacopy_xattr(&self) -> Option<&'static str> {
+        match self {
+            WhiteoutFormat::Overlay { user_xattr: false } => Some("trusted.overlay.metacopy"),
+            WhiteoutFormat::Overlay { user_xattr: true } => Some("user.overlay.metacopy"),
+            _ => None,
+        }
+    }
+
     /// Names that cannot exist in the union because the format uses them.
     pub fn is_reserved_name(&self, name: &OsStr) -> bool {
         match self {

@@ -75,6 +75,12 @@ impl Node {
         self.state.read().obj.to_obj()
     }
 
+    /// A metadata-only copy (its data still below).
+    pub(crate) fn is_metacopy(&self) -> bool {
+        let s = self.state.read();
+        !s.obj.is_dir() && s.obj.layers.len() > 1
+    }
+
     pub(crate) fn set_obj(&self, obj: Obj) {
         let mut obj = SlimObj::from_obj(obj);
         let mut s = self.state.write();

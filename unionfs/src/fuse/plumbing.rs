@@ -182,6 +182,19 @@ impl UnionFs {
                     }
                 }
             }
+        } else if for_write && self.nodes.get(f.ino).is_some_and(|n| n.is_metacopy()) {
+            // Opened write-only on a metadata-only copy: the data comes up now, before
+            // the first byte is written.
+            if let Some(node) = self.nodes.get(f.ino) {
+                let _gate = self.union.op_guard();
+                let obj = self.current(&node)?;
+                let full = self.union.fill_for_write(&obj).map_err(err)?;
+                let flags = f.flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL);
+                let (fd, _) = self.union.open(&full, flags).map_err(err)?;
+                *f.fd.write() = Arc::new(fd);
+                *f.opened_on.lock() = self.location(&full);
+                node.set_obj(full);
+            }
         } else if for_write && !self.union.stack().is_rw_id(f.opened_on.lock().0) {
             // The branch under this writer became read-only (a snapshot) or went away:
             // later writes land in a copy on the new write target; the snapshot keeps
@@ -209,10 +222,13 @@ impl UnionFs {
     /// Where an object's data lives: (branch id, through the hard-link index).
     pub(super) fn location(&self, obj: &Obj) -> (u64, bool) {
         let stack = self.union.stack();
-        let id = stack
-            .branches
-            .get(obj.layers[0] as usize)
-            .map_or(0, |b| b.id);
+        // A metadata-only copy's data is read from below: that is where a reader is.
+        let at = if obj.is_metacopy() {
+            obj.layers[1]
+        } else {
+            obj.layers[0]
+        };
+        let id = stack.branches.get(at as usize).map_or(0, |b| b.id);
         (id, obj.indexed.is_some())
     }
 

@@ -298,6 +298,14 @@ pub(crate) fn list(
             }
             EntryMeaning::Real => {
                 if let Some(st) = sys::stat_opt(dir.as_fd(), &e.name)? {
+                    if st.st_mode & libc::S_IFMT == libc::S_IFREG && is_metacopy(dir, &e.name)? {
+                        // Its bytes are below it: diffing, merging or exporting it
+                        // alone would carry zeros.
+                        return Err(io::Error::other(format!(
+                            "{} is a metadata-only copy (-o metacopy=on), which the offline tools cannot read yet; write to it through a mount (or mount without metacopy and copy it) first",
+                            e.name.to_string_lossy()
+                        )));
+                    }
                     items.insert(e.name, Item::Real(st));
                 }
             }
@@ -305,6 +313,18 @@ pub(crate) fn list(
     }
     leftovers.sort();
     Ok(Listing { items, leftovers })
+}
+
+fn is_metacopy(dir: &OwnedFd, name: &OsStr) -> io::Result<bool> {
+    for x in ["trusted.overlay.metacopy", "user.overlay.metacopy"] {
+        match sys::getxattr(dir.as_fd(), name, OsStr::new(x)) {
+            Ok(Some(_)) => return Ok(true),
+            Ok(None) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
 
 /// Whether the directory `name` in `dir` is opaque in `format`.
