@@ -125,11 +125,14 @@ fn metacopy_data(
             return Ok(None);
         }
         match st {
-            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                if !is_metacopy(stack, dir, name, &st) {
-                    return Ok(Some((b, st)));
-                }
+            Some(st)
+                if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && !is_metacopy(stack, dir, name, &st) =>
+            {
+                return Ok(Some((b, st)))
             }
+            // Another metadata-only copy: its data is further down still.
+            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {}
             Some(_) => return Ok(None),
             None => {}
         }
