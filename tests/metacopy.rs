@@ -208,3 +208,51 @@ fn offline_tools_refuse_metadata_only_copies_and_bad_options_are_refused() {
     assert!(out.stderr.contains("metacopy"), "{out}");
     assert!(mounts_at(&fx.mnt).is_empty());
 }
+
+#[test]
+fn a_write_only_handle_keeps_writing_across_a_snapshot() {
+    let Some(fx) = fixture() else { return };
+    // Without passthrough, so the handle follows the snapshot through the daemon.
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},metacopy=on,passthrough=off",
+        fx.low.display(),
+        fx.up.display(),
+        fx.work.display()
+    );
+    let g = MountGuard::mount(["-o", &opts, fx.mnt.to_str().unwrap()], &fx.mnt);
+    let w = fs::OpenOptions::new()
+        .write(true)
+        .open(fx.mnt.join("f"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&w, b"one", 0).unwrap();
+    let snap = fx.t.join("snap");
+    run_ok(
+        Command::new(unionfs_bin())
+            .arg("ctl")
+            .arg(&fx.mnt)
+            .arg("snapshot")
+            .arg(&snap),
+    );
+    std::os::unix::fs::FileExt::write_all_at(&w, b"two", 10).unwrap();
+    drop(w);
+    let mut want = fx.data.clone();
+    want[0..3].copy_from_slice(b"one");
+    let frozen = want.clone();
+    want[10..13].copy_from_slice(b"two");
+    assert_eq!(
+        fs::read(fx.mnt.join("f")).unwrap(),
+        want,
+        "both writes show"
+    );
+    assert_eq!(
+        fs::read(snap.join("f")).unwrap(),
+        want,
+        "in the new top, with all its data"
+    );
+    assert_eq!(
+        fs::read(fx.up.join("f")).unwrap(),
+        frozen,
+        "the snapshot kept its bytes"
+    );
+    g.unmount();
+}

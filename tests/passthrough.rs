@@ -203,3 +203,34 @@ fn bad_passthrough_value_is_refused() {
     assert!(out.stderr.contains("passthrough=maybe"), "{out}");
     assert!(mounts_at(&mnt).is_empty());
 }
+
+#[test]
+fn a_reader_held_across_a_snapshot_does_not_block_other_readers() {
+    let Some(fx) = mount_with(&[]) else { return };
+    fs::write(fx.mnt.join("f"), "v1\n").unwrap();
+    let held = fs::File::open(fx.mnt.join("f")).unwrap();
+    let snap = fx.t.join("snap");
+    ctl(&fx.mnt, &["snapshot", snap.to_str().unwrap()]).ok();
+    // An attribute change copies the file to the new top under the held reader.
+    let out = sh(&format!(
+        "touch -m -d @1000000000 {}",
+        fx.mnt.join("f").display()
+    ));
+    assert!(out.success(), "{out}");
+    assert_eq!(fs::read_to_string(fx.mnt.join("f")).unwrap(), "v1\n");
+    // A writer must wait for the reader: the kernel could not send both to one file.
+    let e = fs::OpenOptions::new()
+        .append(true)
+        .open(fx.mnt.join("f"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "{e}");
+    drop(held);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(fx.mnt.join("f"))
+        .unwrap()
+        .write_all(b"v2\n")
+        .unwrap();
+    assert_eq!(fs::read_to_string(fx.mnt.join("f")).unwrap(), "v1\nv2\n");
+    assert_eq!(fs::read_to_string(fx.up.join("f")).unwrap(), "v1\n");
+}

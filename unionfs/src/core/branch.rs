@@ -221,20 +221,28 @@ impl Branch {
                     false,
                 )?
             }
-            None => {
-                let rel = if meta {
-                    let m = std::ffi::OsStr::new(super::meta::META_DIR);
-                    match sys::mkdirat(self.fd.as_fd(), m, 0o770) {
-                        Ok(()) => sys::fchmodat(self.fd.as_fd(), m, 0o770)?,
-                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                        Err(e) => return Err(e),
-                    }
-                    Path::new(super::meta::META_DIR).join(HIDDEN_WORK_NAME)
-                } else {
-                    Path::new(HIDDEN_WORK_NAME).to_path_buf()
-                };
-                WorkDir::open(self.fd.as_fd(), &rel, self.path.join(&rel), true)?
+            None if meta => {
+                let m = std::ffi::OsStr::new(super::meta::META_DIR);
+                match sys::mkdirat(self.fd.as_fd(), m, 0o770) {
+                    Ok(()) => sys::fchmodat(self.fd.as_fd(), m, 0o770)?,
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(e),
+                }
+                // Opened without following a symlink there: the work dir is made inside.
+                let meta_fd = sys::open_dir_path(self.fd.as_fd(), Path::new(m))?;
+                WorkDir::open(
+                    meta_fd.as_fd(),
+                    Path::new(HIDDEN_WORK_NAME),
+                    self.path.join(m).join(HIDDEN_WORK_NAME),
+                    true,
+                )?
             }
+            None => WorkDir::open(
+                self.fd.as_fd(),
+                Path::new(HIDDEN_WORK_NAME),
+                self.path.join(HIDDEN_WORK_NAME),
+                true,
+            )?,
         };
         self.work = Some(std::sync::Arc::new(wd));
         Ok(())

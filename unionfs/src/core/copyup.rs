@@ -222,7 +222,9 @@ impl Union {
             if e.branch == target {
                 // Already there; but a merged subdirectory still needs its lower parts,
                 // and a metadata-only copy its data.
-                if e.d_type != libc::DT_DIR && e.d_type != libc::DT_UNKNOWN && !self.config.metacopy
+                if e.d_type != libc::DT_DIR
+                    && e.d_type != libc::DT_UNKNOWN
+                    && self.stack().format.metacopy_xattr().is_none()
                 {
                     continue;
                 }
@@ -521,6 +523,11 @@ impl Union {
             return Ok(());
         }
         let tmp = OsString::from(work.temp_name());
+        let data_dir = if obj.is_metacopy() {
+            Some(parent_fd(stack, obj.layers[1], obj.parent_path()).ctx("unlink", rel)?)
+        } else {
+            None
+        };
         let built = build_copy(
             stack,
             src.as_fd(),
@@ -529,7 +536,7 @@ impl Union {
             work.tmp.as_fd(),
             &tmp,
             Data::Full,
-            None,
+            data_dir.as_ref().map(|d| d.as_fd()),
         )
         .map(|()| stack.write_origin(work.tmp.as_fd(), &tmp, obj.ino))
         .ctx("unlink", rel);

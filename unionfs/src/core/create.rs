@@ -156,7 +156,7 @@ impl Union {
         };
         if stack.format == super::WhiteoutFormat::Meta {
             // The name is back; a directory marker stays and makes a new directory opaque.
-            super::meta::unhide(&stack, target, &path).ctx("create", &path)?;
+            super::meta::unhide(&stack, target, &path, is_dir).ctx("create", &path)?;
         }
         let obj = lookup_in(
             &stack,
@@ -216,7 +216,7 @@ impl Union {
         }
         sys::linkat(sdir.as_fd(), up.name(), dir.as_fd(), name).ctx("link", &path)?;
         if stack.format == super::WhiteoutFormat::Meta {
-            super::meta::unhide(&stack, target, &path).ctx("link", &path)?;
+            super::meta::unhide(&stack, target, &path, false).ctx("link", &path)?;
         }
         let p = parent_in(&stack, parent, target)?;
         let mut new = lookup_in(&stack, p.as_ref().unwrap_or(parent), name)?

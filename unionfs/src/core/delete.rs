@@ -39,6 +39,9 @@ impl Union {
             (false, true) => return Err(errno(op, &path, libc::EISDIR)),
             _ => {}
         }
+        if super::meta::is_pinned(&stack, &parent.path, name) {
+            return Err(errno(op, &path, libc::EBUSY));
+        }
         if want_dir && !self.is_empty_dir(&obj)? {
             return Err(errno(op, &path, libc::ENOTEMPTY));
         }

@@ -210,7 +210,9 @@ fn lookup_with(
                 if !sys::is_dir(&st) {
                     let ino = stack.ino_of(b, dir, name, &st);
                     let mut st = st;
-                    let metacopy = stack.metacopy && is_metacopy(stack, dir, name, &st);
+                    // Honoured whatever the mount's own option: reading such a file as
+                    // itself would show zeros.
+                    let metacopy = is_metacopy(stack, dir, name, &st);
                     if stack.is_rw(b) {
                         st.st_nlink = stack.union_nlink(dir, name, &st);
                     }

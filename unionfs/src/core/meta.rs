@@ -130,32 +130,48 @@ pub(crate) fn hide(stack: &Stack, b: u16, path: &Path, is_dir: bool) -> io::Resu
     }
 }
 
-/// A new object at `path` in branch `target`: file markers for it in the branches down
-/// to `target` go (the name is back); a directory marker stays, so a new directory
-/// there is opaque (unionfs-fuse's rule). Returns whether a marker stays.
-pub(crate) fn unhide(stack: &Stack, target: u16, path: &Path) -> io::Result<bool> {
+/// A new object at `path` in branch `target`. Markers for it in rw branches above
+/// `target` go (they would hide it); in `target` a file marker goes (the name is back)
+/// and a directory marker stays, so a new directory there is opaque (unionfs-fuse's
+/// rule). A new directory replacing any marker gets a directory marker in `target`, so
+/// what the removed markers hid stays hidden. Returns whether `path` is marked in
+/// `target` now.
+pub(crate) fn unhide(stack: &Stack, target: u16, path: &Path, is_dir: bool) -> io::Result<bool> {
     let Some((dir, name)) = split(path) else {
         return Ok(false);
     };
+    let mut had = false;
     let mut stays = false;
     for b in 0..=target {
         if !stack.is_rw(b) {
             continue;
         }
-        match marker(stack, b, path)? {
-            Some(false) => {
-                if let Some(fd) = meta_dir(stack, b, dir)? {
-                    match sys::unlinkat(fd.as_fd(), &tagged(name), false) {
-                        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
-                        _ => {}
-                    }
-                }
+        let Some(kind) = marker(stack, b, path)? else {
+            continue;
+        };
+        had = true;
+        if b == target && kind {
+            stays = true;
+            continue;
+        }
+        if let Some(fd) = meta_dir(stack, b, dir)? {
+            match sys::unlinkat(fd.as_fd(), &tagged(name), kind) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+                _ => {}
             }
-            Some(true) => stays = true,
-            None => {}
         }
     }
+    if is_dir && had && !stays {
+        hide(stack, target, path, true)?;
+        stays = true;
+    }
     Ok(stays)
+}
+
+/// Whether `name` in the union directory `parent` is the meta directory at the root,
+/// which holds our work directory: it cannot be removed or renamed through the union.
+pub(crate) fn is_pinned(stack: &Stack, parent: &Path, name: &OsStr) -> bool {
+    stack.format == super::WhiteoutFormat::Meta && parent.as_os_str().is_empty() && name == META_DIR
 }
 
 /// Whether `name` in a branch root is a meta directory holding nothing but our work
@@ -217,9 +233,9 @@ mod tests {
             (0o770, 0o600, 0o700)
         );
         // A new file takes its file marker away; a directory marker stays.
-        assert!(!unhide(&s, 0, Path::new("d/f")).unwrap());
+        assert!(!unhide(&s, 0, Path::new("d/f"), false).unwrap());
         assert_eq!(marker(&s, 0, Path::new("d/f")).unwrap(), None);
-        assert!(unhide(&s, 0, Path::new("g")).unwrap());
+        assert!(unhide(&s, 0, Path::new("g"), true).unwrap());
     }
 
     fn meta_union(t: &Tree) -> super::super::Union {
@@ -289,5 +305,51 @@ mod tests {
         .unwrap();
         assert!(!meta.join("top_HIDDEN~").exists());
         assert!(try_lookup(&u, "top").is_some());
+    }
+
+    #[test]
+    fn a_marker_above_the_create_target_moves_down_to_it() {
+        // a=rw over b=rw over c=ro; p only in b and c.
+        let t = Tree::new(&["a", "b", "c"]);
+        t.dir("b", "p");
+        t.dir("c", "p/d");
+        t.file("c", "p/d/old", "old");
+        let modes = [
+            super::super::Mode::Rw,
+            super::super::Mode::Rw,
+            super::super::Mode::Ro,
+        ];
+        let u = t.union_modes(super::super::FormatChoice::Meta, &modes);
+        let d = lookup_path(&u, "p/d");
+        u.unlink(&d, OsStr::new("old")).unwrap();
+        let p = lookup_path(&u, "p");
+        u.rmdir(&p, OsStr::new("d")).unwrap();
+        assert!(try_lookup(&u, "p/d").is_none());
+        let p = lookup_path(&u, "p");
+        u.create(&p, OsStr::new("d"), 0o755, NewKind::Dir, caller())
+            .unwrap();
+        assert!(try_lookup(&u, "p/d").is_some(), "the new directory shows");
+        assert_eq!(
+            ls(&u, "p/d"),
+            Vec::<String>::new(),
+            "and hides the old contents"
+        );
+    }
+
+    #[test]
+    fn the_meta_directory_holding_our_work_dir_stays() {
+        let t = Tree::new(&["rw", "ro"]);
+        let u = meta_union(&t);
+        let root = u.root().unwrap();
+        assert_eq!(
+            u.rmdir(&root, OsStr::new(META_DIR)).unwrap_err().errno(),
+            libc::EBUSY
+        );
+        let e = u.rename(&root, OsStr::new(META_DIR), &root, OsStr::new("x"), 0);
+        assert_eq!(e.unwrap_err().errno(), libc::EBUSY);
+        assert!(t
+            .path("rw")
+            .join(".unionfs-fuse/.unionfs-work/tmp")
+            .is_dir());
     }
 }

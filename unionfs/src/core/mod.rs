@@ -116,8 +116,6 @@ pub struct Stack {
     /// directory, rename, rmdir): an `Obj` of a directory found before is then stale.
     layers_gen: std::sync::atomic::AtomicU64,
     born: u64,
-    /// Metadata-only copies are read (`Config::metacopy`).
-    pub(crate) metacopy: bool,
 }
 
 impl Stack {
@@ -170,7 +168,6 @@ impl Stack {
             devs,
             layers_gen: std::sync::atomic::AtomicU64::new(born),
             born,
-            metacopy: false,
         }
     }
 
@@ -334,8 +331,7 @@ pub struct Stats {
 
 impl Union {
     /// A union over `stack`.
-    pub fn new(mut stack: Stack, config: Config) -> Union {
-        stack.metacopy = config.metacopy;
+    pub fn new(stack: Stack, config: Config) -> Union {
         Union {
             stack: RwLock::new(Arc::new(stack)),
             config,
@@ -373,8 +369,7 @@ impl Union {
         let old = self.stack();
         let (branches, out) = change(&old)?;
         let born = old.layers_gen() + 1;
-        let mut new = Stack::with_format(branches, old.format, born);
-        new.metacopy = old.metacopy;
+        let new = Stack::with_format(branches, old.format, born);
         *self.stack.write() = Arc::new(new);
         Ok(out)
     }
@@ -426,6 +421,24 @@ impl Union {
     /// Opens an object's data. Writing access copies it up first (`O_TRUNC`: metadata
     /// only). Returns the open file and, when it moved, the object's new state.
     pub fn open(&self, obj: &Obj, flags: i32) -> Result<(OwnedFd, Option<Obj>)> {
+        self.open_with(obj, flags, true)
+    }
+
+    /// `open` for a handle that already exists and is about to write (it moved with a
+    /// snapshot): its data must come up now, never as a metadata-only copy.
+    pub fn reopen_for_write(&self, obj: &Obj, flags: i32) -> Result<(OwnedFd, Option<Obj>)> {
+        self.open_with(obj, flags, false)
+    }
+
+    /// Whether writes to `obj` land in the file it is now (no copy-up would move it):
+    /// what a handle that cannot follow a move (FUSE passthrough) needs.
+    pub fn is_final(&self, obj: &Obj) -> bool {
+        obj.indexed.is_none()
+            && !obj.is_metacopy()
+            && self.write_target(&self.stack(), obj.top()) == Some(obj.top())
+    }
+
+    fn open_with(&self, obj: &Obj, flags: i32, allow_meta: bool) -> Result<(OwnedFd, Option<Obj>)> {
         let acc = flags & libc::O_ACCMODE;
         let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let mut moved = None;
@@ -433,7 +446,7 @@ impl Union {
         if writes || (flags & libc::O_TRUNC != 0) {
             let how = if flags & libc::O_TRUNC != 0 {
                 copyup::Data::Truncate(0)
-            } else if self.config.metacopy && acc == libc::O_WRONLY {
+            } else if self.config.metacopy && allow_meta && acc == libc::O_WRONLY {
                 // Nothing can be read through this fd: the data may wait for the
                 // first write (`Union::fill_for_write`), which `touch` never makes.
                 copyup::Data::Meta

@@ -36,6 +36,11 @@ impl Union {
         {
             return Err(errno("rename", &path, libc::EINVAL));
         }
+        if super::meta::is_pinned(&stack, &parent.path, name)
+            || super::meta::is_pinned(&stack, &new_parent.path, new_name)
+        {
+            return Err(errno("rename", &path, libc::EBUSY));
+        }
         if is_hidden_name(&stack, &new_parent.path, new_name) {
             return Err(CoreError::Reserved {
                 op: "rename",
@@ -151,7 +156,8 @@ impl Union {
         }
         sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), new_name, 0).ctx("rename", &path)?;
         if stack.format == super::WhiteoutFormat::Meta {
-            super::meta::unhide(&stack, target, &new_path).ctx("rename", &new_path)?;
+            super::meta::unhide(&stack, target, &new_path, src.is_dir())
+                .ctx("rename", &new_path)?;
         }
         // Other copies of the destination in rw branches above the target would shadow
         // the result; lower ones are hidden by it. Then hide the old name.

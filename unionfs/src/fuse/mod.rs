@@ -370,16 +370,22 @@ impl fuser::Filesystem for UnionFs {
             let obj = self.current(&node)?;
             let writes =
                 flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-            if writes
-                && self.passthrough.blocks_copy_up(ino.0)
-                && !self.union.stack().is_rw_id(self.location(&obj).0)
-            {
-                // Passthrough readers hold the lower file; the kernel cannot move them.
-                return Err(Errno::ETXTBSY);
+            if writes {
+                if let Some(file) = self.passthrough.backing_file(ino.0) {
+                    // Passthrough handles hold a file this open would move (copy-up) or
+                    // that moved already: the kernel cannot follow; refuse before any
+                    // copy or truncation, once handles closed just now are released.
+                    let here = self.union.stat(&obj).map(|st| (st.st_dev, st.st_ino));
+                    let moves = !self.union.is_final(&obj) || here.ok() != Some(file);
+                    if moves && self.passthrough.still_held(ino.0) {
+                        return Err(Errno::ETXTBSY);
+                    }
+                }
             }
             let (fd, moved) = self.union.open(&obj, flags.0).map_err(err)?;
             let now = moved.as_ref().unwrap_or(&obj);
             let on = self.location(now);
+            let is_final = self.union.is_final(now);
             if let Some(m) = moved {
                 node.set_obj(m);
             }
@@ -390,7 +396,7 @@ impl fuser::Filesystem for UnionFs {
                 let _ = kill_suid(&fd);
             }
             let acc = flags.0 & libc::O_ACCMODE;
-            let io = self.io_mode(ino.0, &fd, on, acc != libc::O_RDONLY, || {
+            let io = self.io_mode(ino.0, &fd, is_final, acc != libc::O_RDONLY, || {
                 reply.open_backing(&fd)
             })?;
             let h = FHandle {
@@ -712,7 +718,8 @@ impl fuser::Filesystem for UnionFs {
             let fd = fd.ok_or(Errno::EIO)?;
             let acc = flags & libc::O_ACCMODE;
             let on = self.location(&obj);
-            let io = self.io_mode(obj.ino, &fd, on, acc != libc::O_RDONLY, || {
+            let is_final = self.union.is_final(&obj);
+            let io = self.io_mode(obj.ino, &fd, is_final, acc != libc::O_RDONLY, || {
                 reply.open_backing(&fd)
             })?;
             let h = FHandle {

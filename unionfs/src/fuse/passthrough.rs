@@ -131,10 +131,17 @@ impl<B> PassthroughTable<B> {
         self.usable.load(Ordering::Relaxed)
     }
 
-    /// A write-open of `ino` that would copy the file up (move it to another backing
-    /// file) while passthrough handles hold the old one: the kernel could not serve it.
-    /// Waits a moment for handles closed just before to be released.
-    pub(crate) fn blocks_copy_up(&self, ino: u64) -> bool {
+    /// The branch file the passthrough handles of `ino` use, if it has any.
+    pub(crate) fn backing_file(&self, ino: u64) -> Option<(u64, u64)> {
+        match self.inodes.lock().get(&ino) {
+            Some(InodeIo::Passthrough { file, .. }) => Some(*file),
+            _ => None,
+        }
+    }
+
+    /// Waits a moment for the passthrough handles of `ino` to be released (the kernel
+    /// sends RELEASE after close returns); true if some are still open.
+    pub(crate) fn still_held(&self, ino: u64) -> bool {
         let mut inodes = self.inodes.lock();
         let deadline = Instant::now() + RELEASE_GRACE;
         while matches!(inodes.get(&ino), Some(InodeIo::Passthrough { .. })) {
@@ -157,12 +164,12 @@ impl<B> PassthroughTable<B> {
         let mut inodes = self.inodes.lock();
         let deadline = Instant::now() + RELEASE_GRACE;
         // The union moved the file under open passthrough handles: only once they are
-        // gone may the inode pass through to (or be cached from) another file.
-        while matches!(inodes.get(&ino), Some(InodeIo::Passthrough { file, .. }) if *file != t.file)
-        {
-            if self.released.wait_until(&mut inodes, deadline).timed_out()
-                && matches!(inodes.get(&ino), Some(InodeIo::Passthrough { .. }))
-            {
+        // gone may the inode pass through to (or be cached from) another file. A reader
+        // meanwhile shares their backing file (the moved file's former place); a writer
+        // cannot (its writes would miss the copy).
+        let moved = |inodes: &HashMap<u64, InodeIo<B>>| matches!(inodes.get(&ino), Some(InodeIo::Passthrough { file, .. }) if *file != t.file);
+        while t.writable && moved(&inodes) {
+            if self.released.wait_until(&mut inodes, deadline).timed_out() && moved(&inodes) {
                 return Err(Busy);
             }
         }
@@ -359,13 +366,19 @@ mod tests {
     fn a_moved_file_under_passthrough_handles_is_busy() {
         let t = table(PassthroughMode::On);
         t.open(1, target(10, false, false), || Ok(1)).unwrap();
-        assert!(t.blocks_copy_up(1));
+        assert_eq!(t.backing_file(1), Some((1, 10)));
         assert_eq!(
             t.open(1, target(11, true, true), || Ok(2)).unwrap_err(),
             Busy
         );
+        // A reader shares the backing file the others use.
+        assert_eq!(
+            is_pt(&t.open(1, target(11, true, false), || Ok(3)).unwrap()),
+            Some(1)
+        );
         t.release(1);
-        assert!(!t.blocks_copy_up(1));
+        t.release(1);
+        assert!(!t.still_held(1));
         assert_eq!(
             is_pt(&t.open(1, target(11, true, true), || Ok(2)).unwrap()),
             Some(2)
@@ -381,7 +394,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             t2.release(1);
         });
-        assert!(!t.blocks_copy_up(1));
+        assert!(!t.still_held(1));
         closer.join().unwrap();
         assert_eq!(
             is_pt(&t.open(1, target(11, true, true), || Ok(2)).unwrap()),

@@ -38,13 +38,14 @@ impl UnionFs {
         self
     }
 
-    /// Picks and counts the io mode of a new file handle on `fd`, at `on` (branch id,
-    /// indexed). ETXTBSY when passthrough handles hold another file for this inode.
+    /// Picks and counts the io mode of a new file handle on `fd`; `is_final`: writes
+    /// land in this very file (`Union::is_final`). ETXTBSY when passthrough handles hold
+    /// another file for this inode and the handle would write.
     pub(super) fn io_mode(
         &self,
         ino: u64,
         fd: &OwnedFd,
-        on: (u64, bool),
+        is_final: bool,
         writable: bool,
         open_backing: impl FnOnce() -> std::io::Result<fuser::BackingId>,
     ) -> Res<Opened> {
@@ -54,8 +55,7 @@ impl UnionFs {
         let st = crate::core::sys_fstat(fd.as_fd()).map_err(io_err)?;
         let t = OpenTarget {
             file: (st.st_dev, st.st_ino),
-            // A hard link in the index may still be re-linked by a copy-up.
-            on_rw_branch: !on.1 && self.union.stack().is_rw_id(on.0),
+            on_rw_branch: is_final,
             regular: st.st_mode & libc::S_IFMT == libc::S_IFREG,
             writable,
         };
@@ -190,7 +190,7 @@ impl UnionFs {
                 let obj = self.current(&node)?;
                 let full = self.union.fill_for_write(&obj).map_err(err)?;
                 let flags = f.flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL);
-                let (fd, _) = self.union.open(&full, flags).map_err(err)?;
+                let (fd, _) = self.union.reopen_for_write(&full, flags).map_err(err)?;
                 *f.fd.write() = Arc::new(fd);
                 *f.opened_on.lock() = self.location(&full);
                 node.set_obj(full);
@@ -203,7 +203,7 @@ impl UnionFs {
                 let _gate = self.union.op_guard();
                 let obj = self.current(&node)?;
                 let flags = f.flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL);
-                let (fd, moved) = self.union.open(&obj, flags).map_err(err)?;
+                let (fd, moved) = self.union.reopen_for_write(&obj, flags).map_err(err)?;
                 let now = moved
                     .as_ref()
                     .map(|m| self.location(m))

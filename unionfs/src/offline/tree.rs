@@ -283,6 +283,12 @@ pub(crate) fn list(
         if at_root && e.name == HIDDEN_WORK_NAME {
             continue;
         }
+        if at_root && e.name == crate::core::meta::META_DIR {
+            // Its markers would be copied as data and its deletions lost.
+            return Err(io::Error::other(
+                "this tree holds unionfs-fuse's .unionfs-fuse meta directory (whiteout=meta), which the offline tools cannot read yet",
+            ));
+        }
         if e.name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
             leftovers.push(e.name);
             continue;
