@@ -832,3 +832,34 @@ fn overlay_form_as_root_serves_every_uid_as_fuse_overlayfs_does() {
     assert!(!out.success(), "another uid reached a private mount: {out}");
     g.unmount();
 }
+
+#[test]
+fn unionfs_fuse_preserve_branch_keeps_new_files_in_their_parents_branch() {
+    if !require_root() {
+        return;
+    }
+    // A=RW over B=RW over C=RO; `p` exists only in B: a new file in it stays in B
+    // (unionfs-fuse's rule for a writable parent branch), it is not copied to A.
+    let t = TempTree::new();
+    t.mkdir("A");
+    t.write("B/p/old", "old\n");
+    t.write("C/c.txt", "c\n");
+    let mnt = t.mkdir("mnt");
+    let src = format!(
+        "{}=RW:{}=RW:{}=RO",
+        t.join("A").display(),
+        t.join("B").display(),
+        t.join("C").display()
+    );
+    for opts in ["cow,preserve_branch", "cow"] {
+        let g = MountGuard::mount(["-o", opts, &src, mnt.to_str().unwrap()], &mnt);
+        let name = format!("new-{}", opts.len());
+        fs::write(mnt.join("p").join(&name), "n\n").unwrap();
+        assert!(
+            t.join("B/p").join(&name).is_file(),
+            "{opts}: in the parent's branch"
+        );
+        assert!(!t.join("A/p").exists(), "{opts}: nothing copied to the top");
+        g.unmount();
+    }
+}

@@ -85,8 +85,9 @@ pub struct MountConfig {
     /// unionfs-fuse `chroot=DIR`: branch paths are relative to DIR. Already applied to
     /// `branches` here; the daemon never needs to chroot (it works on branch fds).
     pub chroot: Option<PathBuf>,
-    /// unionfs-fuse 2.x `preserve_branch` (not in Debian's 1.0). Parsed only; needs
-    /// daemon/core behaviour.
+    /// unionfs-fuse 2.x `preserve_branch` (not in Debian's 1.0): new files stay in the
+    /// branch of their parent directory when it is rw, which `create=parent` (the default)
+    /// already does.
     pub preserve_branch: bool,
     /// `-o passthrough=off|auto|on`: FUSE passthrough of file io (kernel 6.9+).
     pub passthrough: crate::fuse::PassthroughMode,
