@@ -411,7 +411,7 @@ impl fuser::Filesystem for UnionFs {
         })();
         match r {
             Ok((fh, io)) => match io.backing() {
-                Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), b),
+                Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, b),
                 None => reply.opened(FileHandle(fh), io.fopen_flags()),
             },
             Err(e) => reply.error(e),
@@ -739,7 +739,7 @@ impl fuser::Filesystem for UnionFs {
                     &a,
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    FopenFlags::FOPEN_NOFLUSH,
                     b,
                 ),
                 None => reply.created(

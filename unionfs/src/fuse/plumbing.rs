@@ -347,12 +347,15 @@ impl Opened {
     /// Page-cache opens keep the kernel's cache (FOPEN_KEEP_CACHE): every change to a
     /// file's data goes through this mount or through a stack change (which
     /// invalidates), except passthrough writes, after which the cache is dropped once.
+    /// No handle needs FLUSH (writes are synchronous and flush has nothing to do), so
+    /// close(2) costs no round trip (FOPEN_NOFLUSH).
     pub(super) fn fopen_flags(&self) -> fuser::FopenFlags {
-        match self {
+        let keep = match self {
             Opened::Uncounted | Opened::Cached { keep_cache: true } => {
                 fuser::FopenFlags::FOPEN_KEEP_CACHE
             }
             _ => fuser::FopenFlags::empty(),
-        }
+        };
+        keep | fuser::FopenFlags::FOPEN_NOFLUSH
     }
 }
