@@ -152,6 +152,15 @@ fn user_mounts_reads_writes_deletes_and_unmounts() {
         assert_eq!((md.uid(), md.gid()), (r.uid, r.gid), "owner of upper/{f}");
     }
 
+    // Passthrough needs CAP_SYS_ADMIN in the initial namespace: a user's mount falls back
+    // to serving reads and writes itself, and they work (above).
+    let out = r
+        .user_sh(&format!("'{}' ctl '{m}' stats --json", r.bin.display()))
+        .ok();
+    let st: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(st["passthrough_opens"].as_u64(), Some(0), "{out}");
+    assert!(st["data_requests"].as_u64().unwrap() > 0, "{out}");
+
     // Delete a lower file: a whiteout in the upper branch, the name gone from the union.
     r.user_sh(&format!("rm '{m}/gone.txt'")).ok();
     let format = whiteout_in(&r.upper, "gone.txt");
