@@ -43,8 +43,13 @@ fn fixture() -> Option<Fx> {
 
 impl Fx {
     fn mount(&self) -> MountGuard {
+        self.mount_with("")
+    }
+
+    /// Mounts overlay style with `metacopy=on` and `extra` options.
+    fn mount_with(&self, extra: &str) -> MountGuard {
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={},metacopy=on",
+            "lowerdir={},upperdir={},workdir={},metacopy=on{extra}",
             self.low.display(),
             self.up.display(),
             self.work.display()
@@ -213,13 +218,7 @@ fn offline_tools_refuse_metadata_only_copies_and_bad_options_are_refused() {
 fn a_write_only_handle_keeps_writing_across_a_snapshot() {
     let Some(fx) = fixture() else { return };
     // Without passthrough, so the handle follows the snapshot through the daemon.
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={},metacopy=on,passthrough=off",
-        fx.low.display(),
-        fx.up.display(),
-        fx.work.display()
-    );
-    let g = MountGuard::mount(["-o", &opts, fx.mnt.to_str().unwrap()], &fx.mnt);
+    let g = fx.mount_with(",passthrough=off");
     let w = fs::OpenOptions::new()
         .write(true)
         .open(fx.mnt.join("f"))
