@@ -448,7 +448,7 @@ impl Union {
                 copyup::Data::Truncate(0)
             } else if self.config.metacopy && allow_meta && acc == libc::O_WRONLY {
                 // Nothing can be read through this fd: the data may wait for the
-                // first write (`Union::fill_for_write`), which `touch` never makes.
+                // first write (`reopen_for_write`), which `touch` never makes.
                 copyup::Data::Meta
             } else {
                 copyup::Data::Full
@@ -500,16 +500,6 @@ impl Union {
         }
         .ctx("open", &obj.path)?;
         Ok((fd, moved))
-    }
-
-    /// Gives a metadata-only copy its data before a write through a handle opened
-    /// without it; returns the object as it is now.
-    pub fn fill_for_write(&self, obj: &Obj) -> Result<Obj> {
-        if obj.is_metacopy() {
-            self.copy_up(obj, copyup::Data::Full)
-        } else {
-            Ok(obj.clone())
-        }
     }
 
     /// File system statistics of the branch new data goes to.

@@ -100,6 +100,25 @@ pub(crate) fn timespec(t: fuser::TimeOrNow) -> libc::timespec {
     }
 }
 
+/// What truncation by an unprivileged caller does to a file on a local filesystem:
+/// set-uid goes, and set-gid on a group-executable file.
+pub(crate) fn kill_suid(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    let st = crate::core::sys_fstat(std::os::fd::AsFd::as_fd(fd))?;
+    let mut mode = st.st_mode & 0o7777;
+    let before = mode;
+    mode &= !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        mode &= !libc::S_ISGID;
+    }
+    if mode != before {
+        // SAFETY: plain fchmod on our fd.
+        if unsafe { libc::fchmod(std::os::fd::AsRawFd::as_raw_fd(fd), mode) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,10 +31,10 @@ use fuser::{
 
 use crate::core::create::NewKind;
 use crate::core::setattr::SetAttr;
-use crate::core::{Caller, CoreError, Union};
+use crate::core::{Caller, CoreError, Obj, Union};
 
 pub use attr::Ttls;
-use handles::{DirHandle, FileHandle as FHandle, Handle, HandleTable};
+use handles::{DirHandle, Handle, HandleTable};
 use nodes::NodeTable;
 
 /// The union as a FUSE filesystem.
@@ -62,23 +62,6 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
     }
-}
-
-fn kill_suid(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
-    let st = crate::core::sys_fstat(fd.as_fd())?;
-    let mut mode = st.st_mode & 0o7777;
-    let before = mode;
-    mode &= !libc::S_ISUID;
-    if mode & libc::S_IXGRP != 0 {
-        mode &= !libc::S_ISGID;
-    }
-    if mode != before {
-        // SAFETY: plain fchmod on our fd.
-        if unsafe { libc::fchmod(fd.as_raw_fd(), mode) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
@@ -371,43 +354,24 @@ impl fuser::Filesystem for UnionFs {
             let writes =
                 flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
             if writes {
-                if let Some(file) = self.passthrough.backing_file(ino.0) {
-                    // Passthrough handles hold a file this open would move (copy-up) or
-                    // that moved already: the kernel cannot follow; refuse before any
-                    // copy or truncation, once handles closed just now are released.
-                    let here = self.union.stat(&obj).map(|st| (st.st_dev, st.st_ino));
-                    let moves = !self.union.is_final(&obj) || here.ok() != Some(file);
-                    if moves && self.passthrough.still_held(ino.0) {
-                        return Err(Errno::ETXTBSY);
-                    }
-                }
+                self.passthrough_allows_write(ino.0, &obj)?;
             }
             let (fd, moved) = self.union.open(&obj, flags.0).map_err(err)?;
-            let now = moved.as_ref().unwrap_or(&obj);
-            let on = self.location(now);
-            let is_final = self.union.is_final(now);
-            if let Some(m) = moved {
-                node.set_obj(m);
-            }
             if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
                 // With atomic O_TRUNC the kernel leaves to us what truncation by an
                 // unprivileged caller does on a local filesystem: drop set-uid, and
                 // set-gid on a group-executable file.
-                let _ = kill_suid(&fd);
+                let _ = attr::kill_suid(&fd);
             }
-            let acc = flags.0 & libc::O_ACCMODE;
-            let io = self.io_mode(ino.0, &fd, is_final, acc != libc::O_RDONLY, || {
-                reply.open_backing(&fd)
-            })?;
-            let h = FHandle {
+            // The node's number, whatever the object computes now.
+            let now = Obj {
                 ino: ino.0,
-                fd: parking_lot::RwLock::new(Arc::new(fd)),
-                opened_on: parking_lot::Mutex::new(on),
-                writable: acc != libc::O_RDONLY,
-                flags: flags.0,
-                io: io.kind(),
+                ..moved.clone().unwrap_or(obj)
             };
-            Ok((self.handles.insert(Handle::File(h)), io))
+            if let Some(m) = moved {
+                node.set_obj(m);
+            }
+            self.new_file_handle(&now, fd, flags.0, |fd| reply.open_backing(fd))
         })();
         match r {
             Ok((fh, io)) => match io.backing() {
@@ -716,21 +680,8 @@ impl fuser::Filesystem for UnionFs {
                 NewKind::File { flags },
             )?;
             let fd = fd.ok_or(Errno::EIO)?;
-            let acc = flags & libc::O_ACCMODE;
-            let on = self.location(&obj);
-            let is_final = self.union.is_final(&obj);
-            let io = self.io_mode(obj.ino, &fd, is_final, acc != libc::O_RDONLY, || {
-                reply.open_backing(&fd)
-            })?;
-            let h = FHandle {
-                ino: obj.ino,
-                fd: parking_lot::RwLock::new(Arc::new(fd)),
-                opened_on: parking_lot::Mutex::new(on),
-                writable: acc != libc::O_RDONLY,
-                flags,
-                io: io.kind(),
-            };
-            Ok((a, self.handles.insert(Handle::File(h)), io))
+            let (fh, io) = self.new_file_handle(&obj, fd, flags, |fd| reply.open_backing(fd))?;
+            Ok((a, fh, io))
         })();
         match r {
             Ok((a, fh, io)) => match io.backing() {

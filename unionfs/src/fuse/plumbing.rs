@@ -38,6 +38,44 @@ impl UnionFs {
         self
     }
 
+    /// Registers a new file handle for `obj` opened as `fd` with open(2) `flags`, in the
+    /// io mode `io_mode` picks; returns its number and that mode.
+    pub(super) fn new_file_handle(
+        &self,
+        obj: &Obj,
+        fd: OwnedFd,
+        flags: i32,
+        open_backing: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> Res<(u64, Opened)> {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let is_final = self.union.is_final(obj);
+        let io = self.io_mode(obj.ino, &fd, is_final, writable, || open_backing(&fd))?;
+        let h = super::handles::FileHandle {
+            ino: obj.ino,
+            fd: parking_lot::RwLock::new(Arc::new(fd)),
+            opened_on: parking_lot::Mutex::new(self.location(obj)),
+            writable,
+            flags,
+            io: io.kind(),
+        };
+        Ok((self.handles.insert(Handle::File(h)), io))
+    }
+
+    /// A write-open of `obj` (inode `ino`) while passthrough handles hold a file this
+    /// open would move (copy-up) or that moved already: the kernel cannot follow, so
+    /// ETXTBSY, before any copy or truncation, once handles closed just now are released.
+    pub(super) fn passthrough_allows_write(&self, ino: u64, obj: &Obj) -> Res<()> {
+        let Some(file) = self.passthrough.backing_file(ino) else {
+            return Ok(());
+        };
+        let here = self.union.stat(obj).map(|st| (st.st_dev, st.st_ino));
+        let moves = !self.union.is_final(obj) || here.ok() != Some(file);
+        if moves && self.passthrough.still_held(ino) {
+            return Err(Errno::ETXTBSY);
+        }
+        Ok(())
+    }
+
     /// Picks and counts the io mode of a new file handle on `fd`; `is_final`: writes
     /// land in this very file (`Union::is_final`). ETXTBSY when passthrough handles hold
     /// another file for this inode and the handle would write.
@@ -182,37 +220,24 @@ impl UnionFs {
                     }
                 }
             }
-        } else if for_write && self.nodes.get(f.ino).is_some_and(|n| n.is_metacopy()) {
-            // Opened write-only on a metadata-only copy: the data comes up now, before
-            // the first byte is written.
+        } else if for_write {
+            // A writer whose file must move first: it was opened write-only on a
+            // metadata-only copy (the data comes up now, before the first byte), or the
+            // branch under it became read-only (a snapshot) or went away (later writes
+            // land in a copy on the new write target; the snapshot keeps its bytes).
             if let Some(node) = self.nodes.get(f.ino) {
-                let _gate = self.union.op_guard();
-                let obj = self.current(&node)?;
-                let full = self.union.fill_for_write(&obj).map_err(err)?;
-                let flags = f.flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL);
-                let (fd, _) = self.union.reopen_for_write(&full, flags).map_err(err)?;
-                *f.fd.write() = Arc::new(fd);
-                *f.opened_on.lock() = self.location(&full);
-                node.set_obj(full);
-            }
-        } else if for_write && !self.union.stack().is_rw_id(f.opened_on.lock().0) {
-            // The branch under this writer became read-only (a snapshot) or went away:
-            // later writes land in a copy on the new write target; the snapshot keeps
-            // the bytes it had.
-            if let Some(node) = self.nodes.get(f.ino) {
-                let _gate = self.union.op_guard();
-                let obj = self.current(&node)?;
-                let flags = f.flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL);
-                let (fd, moved) = self.union.reopen_for_write(&obj, flags).map_err(err)?;
-                let now = moved
-                    .as_ref()
-                    .map(|m| self.location(m))
-                    .unwrap_or(self.location(&obj));
-                if let Some(m) = moved {
-                    node.set_obj(m);
+                if node.is_metacopy() || !self.union.stack().is_rw_id(f.opened_on.lock().0) {
+                    let _gate = self.union.op_guard();
+                    let obj = self.current(&node)?;
+                    let flags = f.flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL);
+                    let (fd, moved) = self.union.reopen_for_write(&obj, flags).map_err(err)?;
+                    let now = self.location(moved.as_ref().unwrap_or(&obj));
+                    if let Some(m) = moved {
+                        node.set_obj(m);
+                    }
+                    *f.fd.write() = Arc::new(fd);
+                    *f.opened_on.lock() = now;
                 }
-                *f.fd.write() = Arc::new(fd);
-                *f.opened_on.lock() = now;
             }
         }
         let fd = f.fd.read().clone();
