@@ -173,10 +173,11 @@ impl<B> PassthroughTable<B> {
                 return Err(Busy);
             }
         }
-        if self.held.load(Ordering::Relaxed) > 0 {
+        if t.writable && self.held.load(Ordering::Relaxed) > 0 {
             // A stack change waits for passthrough writers to drain: let a RELEASE in
             // flight (the kernel sends it after close returns) land first, so a file
-            // opened again at once does not keep its inode in passthrough.
+            // opened again at once for writing does not keep its inode in passthrough.
+            // Readers do not wait: they hold no worker thread the RELEASE may need.
             let deadline = Instant::now() + HELD_GRACE;
             while matches!(inodes.get(&ino), Some(InodeIo::Passthrough { .. })) {
                 if self.released.wait_until(&mut inodes, deadline).timed_out() {
