@@ -322,7 +322,10 @@ pub(crate) fn list(
 }
 
 fn is_metacopy(dir: &OwnedFd, name: &OsStr) -> io::Result<bool> {
-    for x in ["trusted.overlay.metacopy", "user.overlay.metacopy"] {
+    for user_xattr in [false, true] {
+        let Some(x) = (WhiteoutFormat::Overlay { user_xattr }).metacopy_xattr() else {
+            continue;
+        };
         match sys::getxattr(dir.as_fd(), name, OsStr::new(x)) {
             Ok(Some(_)) => return Ok(true),
             Ok(None) => {}
