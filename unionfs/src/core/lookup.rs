@@ -89,11 +89,9 @@ impl ParentFds {
     }
 }
 
-/// Whether `name` in `dir` (lstat `st`) is a metadata-only copy. An empty file reads
-/// the same either way: no xattr read for it on the lookup path.
+/// Whether `name` in `dir` (lstat `st`) is a metadata-only copy.
 fn is_metacopy(stack: &Stack, dir: BorrowedFd<'_>, name: &OsStr, st: &sys::Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFREG
-        && st.st_size > 0
         && stack.format.metacopy_xattr().is_some_and(|x| {
             sys::getxattr(dir, name, OsStr::new(x))
                 .ok()
