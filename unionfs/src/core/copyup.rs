@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use super::error::{errno, IoContext, Result};
+use super::hardlinks::{add_to_index, link_up};
 use super::{inode, lookup, parent_fd, sys, CoreError, CreateMode, Obj, Stack, Stat, Union};
 
 /// How much data a copy-up carries.
@@ -332,7 +333,11 @@ pub(crate) fn times_of(st: &Stat) -> [libc::timespec; 2] {
     ]
 }
 
-fn work_of<'a>(stack: &'a Stack, target: u16, rel: &Path) -> Result<&'a super::branch::WorkDir> {
+pub(super) fn work_of<'a>(
+    stack: &'a Stack,
+    target: u16,
+    rel: &Path,
+) -> Result<&'a super::branch::WorkDir> {
     stack
         .branch(target)
         .work
@@ -457,120 +462,9 @@ fn copied_len(st: &Stat, data: Data) -> u64 {
     }
 }
 
-/// Links the finished copy `tmp` into the hard-link index with its count of names still
-/// lower. `false`: another name of the inode got there first (the copy is discarded).
-fn add_to_index(
-    stack: &Stack,
-    work: &super::branch::WorkDir,
-    tmp: &OsStr,
-    key: &str,
-    lower_names: u64,
-) -> std::io::Result<bool> {
-    stack.write_nlink_lower(work.tmp.as_fd(), tmp, lower_names)?;
-    match sys::linkat(work.tmp.as_fd(), tmp, work.index.as_fd(), OsStr::new(key)) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            let _ = sys::unlinkat(work.tmp.as_fd(), tmp, false);
-            Ok(false)
-        }
-        Err(e) => {
-            let _ = sys::unlinkat(work.tmp.as_fd(), tmp, false);
-            Err(e)
-        }
-    }
-}
-
-/// A lower name of an indexed inode becomes an upper link of the copy.
-fn link_up(
-    stack: &Stack,
-    work: &super::branch::WorkDir,
-    key: &str,
-    dst: BorrowedFd<'_>,
-    name: &OsStr,
-    rel: &Path,
-) -> Result<()> {
-    link_from_index(work, key, dst, name, rel)?;
-    stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(key));
-    Ok(())
-}
-
-impl Union {
-    /// Before a lower name of a hard-linked file is deleted, its inode gets a copy in the
-    /// index (without any upper name), so the remaining names keep an exact link count,
-    /// as overlayfs with `index=on` does.
-    pub(crate) fn index_before_delete(&self, stack: &Stack, obj: &Obj, target: u16) -> Result<()> {
-        let rel = &obj.path;
-        let Some(work) = stack.branch(target).work.as_ref() else {
-            return Ok(());
-        };
-        if let Some((k, key)) = &obj.indexed {
-            if *k == target {
-                stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(key));
-            }
-            return Ok(());
-        }
-        let src = parent_fd(stack, obj.top(), obj.parent_path()).ctx("unlink", rel)?;
-        let st = sys::fstatat(src.as_fd(), obj.name()).ctx("unlink", rel)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink < 2 {
-            return Ok(());
-        }
-        let key = inode::index_key(obj.ino);
-        if sys::stat_opt(work.index.as_fd(), OsStr::new(&key))
-            .ctx("unlink", rel)?
-            .is_some()
-        {
-            stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(&key));
-            return Ok(());
-        }
-        let tmp = OsString::from(work.temp_name());
-        let data_dir = if obj.is_metacopy() {
-            Some(parent_fd(stack, obj.layers[1], obj.parent_path()).ctx("unlink", rel)?)
-        } else {
-            None
-        };
-        let built = build_copy(
-            stack,
-            src.as_fd(),
-            obj.name(),
-            &st,
-            work.tmp.as_fd(),
-            &tmp,
-            Data::Full,
-            data_dir.as_ref().map(|d| d.as_fd()),
-        )
-        .map(|()| stack.write_origin(work.tmp.as_fd(), &tmp, obj.ino))
-        .ctx("unlink", rel);
-        if let Err(e) = built {
-            let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, false);
-            return Err(e);
-        }
-        // All lower names but the one being deleted still lead to it.
-        if !add_to_index(stack, work, &tmp, &key, st.st_nlink - 1).ctx("unlink", rel)? {
-            stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(&key));
-            return Ok(());
-        }
-        sys::unlinkat(work.tmp.as_fd(), &tmp, false).ctx("unlink", rel)
-    }
-}
-
-fn link_from_index(
-    work: &super::branch::WorkDir,
-    key: &str,
-    dst: BorrowedFd<'_>,
-    name: &OsStr,
-    rel: &Path,
-) -> Result<()> {
-    let before = sys::fstat(dst).ok();
-    sys::linkat(work.index.as_fd(), OsStr::new(key), dst, name).ctx("copy-up", rel)?;
-    if let Some(b) = before {
-        restore_times(dst, &b);
-    }
-    Ok(())
-}
-
 /// Creates `tmp` in `dir` as a copy of `name` in `src`.
 #[allow(clippy::too_many_arguments)]
-fn build_copy(
+pub(super) fn build_copy(
     stack: &Stack,
     src: BorrowedFd<'_>,
     name: &OsStr,

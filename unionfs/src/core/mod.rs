@@ -10,6 +10,7 @@ mod copyup;
 pub mod create;
 mod delete;
 pub mod error;
+mod hardlinks;
 mod inode;
 mod lookup;
 pub mod meta;
