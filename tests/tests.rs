@@ -17,3 +17,4 @@ mod passthrough;
 mod rootless;
 mod runner;
 mod tools;
+mod unionfs_fuse;
