@@ -143,10 +143,23 @@ impl<B> PassthroughTable<B> {
     /// sends RELEASE after close returns); true if some are still open.
     pub(crate) fn still_held(&self, ino: u64) -> bool {
         let mut inodes = self.inodes.lock();
-        let deadline = Instant::now() + RELEASE_GRACE;
-        while matches!(inodes.get(&ino), Some(InodeIo::Passthrough { .. })) {
-            if self.released.wait_until(&mut inodes, deadline).timed_out() {
-                return matches!(inodes.get(&ino), Some(InodeIo::Passthrough { .. }));
+        self.wait_while(&mut inodes, RELEASE_GRACE, |m| {
+            matches!(m.get(&ino), Some(InodeIo::Passthrough { .. }))
+        })
+    }
+
+    /// Waits, releases waking it, until `cond` is false or `grace` has passed; returns
+    /// whether `cond` still holds.
+    fn wait_while(
+        &self,
+        inodes: &mut parking_lot::MutexGuard<'_, HashMap<u64, InodeIo<B>>>,
+        grace: Duration,
+        cond: impl Fn(&HashMap<u64, InodeIo<B>>) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + grace;
+        while cond(inodes) {
+            if self.released.wait_until(inodes, deadline).timed_out() {
+                return cond(inodes);
             }
         }
         false
@@ -162,28 +175,25 @@ impl<B> PassthroughTable<B> {
         open_backing: impl FnOnce() -> std::io::Result<B>,
     ) -> Result<IoMode<B>, Busy> {
         let mut inodes = self.inodes.lock();
-        let deadline = Instant::now() + RELEASE_GRACE;
         // The union moved the file under open passthrough handles: only once they are
         // gone may the inode pass through to (or be cached from) another file. A reader
         // meanwhile shares their backing file (the moved file's former place); a writer
         // cannot (its writes would miss the copy).
-        let moved = |inodes: &HashMap<u64, InodeIo<B>>| matches!(inodes.get(&ino), Some(InodeIo::Passthrough { file, .. }) if *file != t.file);
-        while t.writable && moved(&inodes) {
-            if self.released.wait_until(&mut inodes, deadline).timed_out() && moved(&inodes) {
-                return Err(Busy);
-            }
+        if t.writable
+            && self.wait_while(&mut inodes, RELEASE_GRACE, |m| {
+                matches!(m.get(&ino), Some(InodeIo::Passthrough { file, .. }) if *file != t.file)
+            })
+        {
+            return Err(Busy);
         }
         if t.writable && self.held.load(Ordering::Relaxed) > 0 {
             // A stack change waits for passthrough writers to drain: let a RELEASE in
             // flight (the kernel sends it after close returns) land first, so a file
             // opened again at once for writing does not keep its inode in passthrough.
             // Readers do not wait: they hold no worker thread the RELEASE may need.
-            let deadline = Instant::now() + HELD_GRACE;
-            while matches!(inodes.get(&ino), Some(InodeIo::Passthrough { .. })) {
-                if self.released.wait_until(&mut inodes, deadline).timed_out() {
-                    break;
-                }
-            }
+            self.wait_while(&mut inodes, HELD_GRACE, |m| {
+                matches!(m.get(&ino), Some(InodeIo::Passthrough { .. }))
+            });
         }
         match inodes.get_mut(&ino) {
             Some(InodeIo::Passthrough { backing, opens, .. }) => {
