@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh Debian 12 machine, as root:
-#   1. installs what the tests use, if missing (fuse3, attr, git, tar, busybox-static, procps,
+#   1. installs what the tests use, if missing (fuse3, attr, git, tar, busybox-static, procps, python3,
 #      util-linux, podman, runc, uidmap, slirp4netns, unionfs-fuse), running `apt-get update` only when something is missing;
 #   2. makes /dev/fuse usable by everyone (mode 0666: the rootless tests mount through
 #      fusermount3 as an unprivileged user, and fusermount3 opens /dev/fuse as that user);
@@ -27,7 +27,7 @@ start=$SECONDS
 step "system packages"
 # podman runc uidmap slirp4netns: the podman mount_program tests (tests/compat.rs);
 # unionfs-fuse: the unionfs-fuse interop tests.
-packages=(fuse3 attr git tar busybox-static procps util-linux podman runc uidmap slirp4netns unionfs-fuse)
+packages=(fuse3 attr git tar busybox-static procps util-linux podman runc uidmap slirp4netns unionfs-fuse python3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -116,8 +116,8 @@ fn add_and_remove_show_at_once() {
 
 #[test]
 fn a_writer_keeps_writing_across_a_snapshot() {
-    // Writers served by the daemon follow a snapshot; passthrough writers cannot (the
-    // snapshot refuses them: tests/passthrough.rs).
+    // Writers served by the daemon follow a snapshot by a copy-up at their next write
+    // (passthrough writers move up with their inode: tests/passthrough.rs, snapshots.rs).
     let Some(fx) = mount_with(&["-o", "passthrough=off"]) else {
         return;
     };
@@ -227,13 +227,9 @@ fn model(branches: &[PathBuf]) -> BTreeMap<String, String> {
 
 #[test]
 fn stack_changes_under_load() {
-    // Through the daemon: with passthrough, a snapshot waits for passthrough writers, and
-    // a test process that forks all the time (other tests spawn commands) hands copies
-    // of the workers' open files to children until they exec, which can keep a writer
-    // counted past the 2 s grace (docs/cli.md). tests/passthrough.rs covers that mode.
-    let Some(fx) = mount_with(&["-o", "passthrough=off"]) else {
-        return;
-    };
+    // Default mode: as root the workers' writers are passthrough handles, which each
+    // snapshot moves up with their inode.
+    let Some(fx) = mount() else { return };
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for t in 0..4 {

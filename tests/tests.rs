@@ -16,5 +16,6 @@ mod oracle;
 mod passthrough;
 mod rootless;
 mod runner;
+mod snapshots;
 mod tools;
 mod unionfs_fuse;

@@ -12,6 +12,7 @@ mod delete;
 pub mod error;
 mod hardlinks;
 mod inode;
+mod lift;
 mod lookup;
 pub mod meta;
 mod readdir;
@@ -31,6 +32,7 @@ use smallvec::SmallVec;
 
 pub use branch::{Branch, Mode};
 pub use error::{CoreError, Result};
+pub use lift::Lift;
 pub use readdir::DirEntry;
 pub use whiteout::WhiteoutFormat;
 
@@ -366,12 +368,28 @@ impl Union {
         &self,
         change: impl FnOnce(&Stack) -> std::result::Result<(Vec<Branch>, T), E>,
     ) -> std::result::Result<T, E> {
+        self.change_stack_then(change, |_| Ok(()))
+    }
+
+    /// [`Union::change_stack`], then `then` on the new stack while operations still
+    /// wait; if `then` fails, the old branch list comes back (as a stack newer than
+    /// anything found meanwhile) and its error is returned.
+    pub fn change_stack_then<T, E>(
+        &self,
+        change: impl FnOnce(&Stack) -> std::result::Result<(Vec<Branch>, T), E>,
+        then: impl FnOnce(&Union) -> std::result::Result<(), E>,
+    ) -> std::result::Result<T, E> {
         let _excl = self.gate.write();
         let old = self.stack();
         let (branches, out) = change(&old)?;
-        let born = old.layers_gen() + 1;
-        let new = Stack::with_format(branches, old.format, born);
+        let new = Stack::with_format(branches, old.format, old.layers_gen() + 1);
         *self.stack.write() = Arc::new(new);
+        if let Err(e) = then(self) {
+            let born = self.stack().layers_gen() + 1;
+            let back = Stack::with_format(old.branches.clone(), old.format, born);
+            *self.stack.write() = Arc::new(back);
+            return Err(e);
+        }
         Ok(out)
     }
 

@@ -35,13 +35,14 @@ pub enum StackError {
     /// Files on the branch are open.
     #[error("branch {0} has open files (close them, or use --force)")]
     Busy(String),
-    /// Writers the kernel serves directly would keep writing to a branch turned read-only.
-    #[error("{count} file(s) on {branch} are open for writing with FUSE passthrough, and their writes would keep landing there; close them, or mount with -o passthrough=off")]
-    PassthroughWriters {
-        /// The branch.
-        branch: String,
-        /// How many handles.
-        count: usize,
+    /// A file that open handles write in place (FUSE passthrough) cannot move to where
+    /// its writes must now land.
+    #[error("{path} is open with FUSE passthrough and cannot move along: {why}; close it, or mount with -o passthrough=off")]
+    CannotLift {
+        /// The file, in the union.
+        path: String,
+        /// Why.
+        why: String,
     },
 }
 

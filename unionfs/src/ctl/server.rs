@@ -110,7 +110,7 @@ fn handle_conn(conn: UnixStream, ctl: &Control, mountpoint: &Path) {
 
 fn refusal(e: StackError) -> Response {
     let kind = match e {
-        StackError::Busy(_) | StackError::PassthroughWriters { .. } => ErrorKind::Runtime,
+        StackError::Busy(_) | StackError::CannotLift { .. } => ErrorKind::Runtime,
         _ => ErrorKind::Usage,
     };
     Response::err(kind, e.to_string())
@@ -179,45 +179,54 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
             ))
         }),
         Op::Mode { branch, mode } => {
-            let stack = u.stack();
-            let ro = (mode == Mode::Ro)
-                .then(|| stack.find(&branch).ok())
-                .flatten();
-            let _drained = ro.map(|i| {
-                let id = stack.branches[i].id;
-                ctl.drain_passthrough_writers(id, WRITER_GRACE)
-            });
-            u.change_stack(|s| {
-                let i = s.find(&branch)?;
-                if mode == Mode::Ro {
-                    no_passthrough_writers(ctl, &s.branches[i])?;
-                }
-                Ok((stackops::with_mode(s, i, mode)?, serde_json::Value::Null))
-            })
+            if mode == Mode::Ro {
+                ctl.write_back_cached_writers();
+            }
+            let from = std::cell::Cell::new(None);
+            u.change_stack_then(
+                |s| {
+                    let i = s.find(&branch)?;
+                    if mode == Mode::Ro && s.branches[i].is_rw() {
+                        from.set(Some(s.branches[i].id));
+                    }
+                    Ok((stackops::with_mode(s, i, mode)?, serde_json::Value::Null))
+                },
+                |_| {
+                    from.get()
+                        .map_or(Ok(()), |id| ctl.lift_passthrough_files(id))
+                },
+            )
         }
         Op::Snapshot { dir } => {
             let dir = dir.unwrap_or_else(|| stackops::default_snapshot_dir(&u.stack()));
-            let top = u.stack().branches.first().map(|b| b.id);
-            let _drained = top.map(|id| ctl.drain_passthrough_writers(id, WRITER_GRACE));
+            // What shared mmaps left dirty belongs to the snapshot.
+            ctl.write_back_cached_writers();
             match prepare_snapshot_dir(&dir) {
-                Ok(created) => u
-                    .change_stack(|s| {
-                        if let Some(top) = s.branches.first() {
-                            no_passthrough_writers(ctl, top)?;
-                        }
-                        let b = stackops::open_new_branch(s, &dir, Mode::Rw, mountpoint)?;
-                        let path = b.path.clone();
-                        Ok((
-                            stackops::with_snapshot(s, b),
-                            serde_json::json!({ "path": path }),
-                        ))
-                    })
+                Ok(created) => {
+                    let from = std::cell::Cell::new(None);
+                    u.change_stack_then(
+                        |s| {
+                            from.set(s.branches.first().filter(|b| b.is_rw()).map(|b| b.id));
+                            let b = stackops::open_new_branch(s, &dir, Mode::Rw, mountpoint)?;
+                            let path = b.path.clone();
+                            Ok((
+                                stackops::with_snapshot(s, b),
+                                serde_json::json!({ "path": path }),
+                            ))
+                        },
+                        |_| {
+                            from.get()
+                                .map_or(Ok(()), |id| ctl.lift_passthrough_files(id))
+                        },
+                    )
                     .inspect_err(|_| {
-                        // A refused snapshot leaves no directory behind.
+                        // A refused snapshot leaves no directory behind (a lift undone
+                        // may have left the parents it made).
                         if created {
-                            let _ = std::fs::remove_dir(&dir);
+                            let _ = std::fs::remove_dir_all(&dir);
                         }
-                    }),
+                    })
+                }
                 Err(e) => Err(e),
             }
         }
@@ -229,21 +238,6 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
             Response::ok(data)
         }
         Err(e) => refusal(e),
-    }
-}
-
-/// How long a snapshot (or `mode ro`) waits for passthrough writers to close.
-const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// A branch about to turn read-only must have no passthrough writers: the kernel writes
-/// for them straight into it, and they cannot be redirected to a new top.
-fn no_passthrough_writers(ctl: &Control, b: &crate::core::Branch) -> Result<(), StackError> {
-    match ctl.passthrough_writers_on(b.id) {
-        0 => Ok(()),
-        count => Err(StackError::PassthroughWriters {
-            branch: b.path.display().to_string(),
-            count,
-        }),
     }
 }
 

@@ -12,6 +12,7 @@ use fuser::{INodeNo, Notifier};
 use super::handles::HandleTable;
 use super::nodes::NodeTable;
 use super::UnionFs;
+use crate::core::stackops::StackError;
 use crate::core::Union;
 
 /// A handle on a served union for out-of-band control.
@@ -49,26 +50,64 @@ impl Control {
         self.handles.open_on(branch_id)
     }
 
-    /// Files open for writing by FUSE passthrough on the branch with this id: their
-    /// writes reach that branch whatever the stack says.
-    pub fn passthrough_writers_on(&self, branch_id: u64) -> usize {
-        self.handles.passthrough_writers_on(branch_id)
+    /// Moves every file that FUSE passthrough handles hold on the branch with id
+    /// `from_id` (which just stopped taking writes) to its write target in the stack now
+    /// in force, keeping its inode, with a point-in-time copy left behind
+    /// (`Union::lift`): the kernel writes such files itself, so this is the only way
+    /// their later writes land above. Files with passthrough writers must move (else
+    /// the change is refused and every lift undone); files only read through
+    /// passthrough move where they can, so that a later write-open finds them final.
+    /// Call inside `Union::change_stack_then`, while no operation runs.
+    pub fn lift_passthrough_files(&self, from_id: u64) -> Result<(), StackError> {
+        let stack = self.union.stack();
+        let mut lifted: Vec<(u64, crate::core::Lift)> = Vec::new();
+        for (ino, writers) in self.handles.passthrough_on(from_id) {
+            let (Some(node), Some(live)) =
+                (self.nodes.get(ino), self.passthrough.backing_file(ino))
+            else {
+                continue;
+            };
+            // A name that is gone (unlinked while open) shows nothing that could change.
+            let Ok(obj) = self.union.relookup(&stack, &node.obj()) else {
+                continue;
+            };
+            if (obj.st.st_dev, obj.st.st_ino) != live {
+                continue;
+            }
+            match self.union.lift(&obj, live) {
+                Ok(l) => lifted.push((ino, l)),
+                Err(_) if !writers => {}
+                Err(e) => {
+                    for (_, l) in lifted.iter_mut().rev() {
+                        self.union.undo_lift(l);
+                    }
+                    return Err(StackError::CannotLift {
+                        path: obj.path.display().to_string(),
+                        why: crate::core::Lift::why(&e),
+                    });
+                }
+            }
+        }
+        for (ino, l) in &lifted {
+            let id = stack.branches[l.to() as usize].id;
+            self.handles.moved(*ino, from_id, id);
+        }
+        if !lifted.is_empty() {
+            tracing::info!(
+                "{} open file(s) moved up with their passthrough handles",
+                lifted.len()
+            );
+        }
+        Ok(())
     }
 
-    /// Waits up to `grace` for the passthrough writers on `branch_id` to close, starting
-    /// no new passthrough meanwhile; the returned guard keeps it so until dropped (held
-    /// across the stack change, whose own check then sees no newcomers).
-    pub fn drain_passthrough_writers(
-        &self,
-        branch_id: u64,
-        grace: std::time::Duration,
-    ) -> impl Drop {
-        let g = self.passthrough.hold();
-        let deadline = std::time::Instant::now() + grace;
-        while self.passthrough_writers_on(branch_id) > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
+    /// Makes the kernel write back what page-cache writers left dirty (shared mmap), so
+    /// a stack change about to start finds it in the branch it was written to.
+    pub fn write_back_cached_writers(&self) {
+        let Some(n) = self.notifier.get() else { return };
+        for ino in self.handles.cached_writers() {
+            let _ = n.inval_inode(INodeNo(ino), 0, 0);
         }
-        g
     }
 
     /// Inodes with passthrough handles open.

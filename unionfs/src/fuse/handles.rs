@@ -78,18 +78,51 @@ impl HandleTable {
         self.map.remove(&id).map(|(_, h)| h)
     }
 
-    /// Writable passthrough handles on the branch with this id: their writes go to that
-    /// branch whatever the stack says.
-    pub(crate) fn passthrough_writers_on(&self, branch_id: u64) -> usize {
-        self.map
-            .iter()
-            .filter(|h| match &**h.value() {
-                Handle::File(f) => {
-                    f.io == Io::Passthrough && f.writable && f.opened_on.lock().0 == branch_id
+    /// Inodes with passthrough handles on the branch with this id, and whether any of
+    /// them writes: the kernel reads and writes those files itself, whatever the stack says.
+    pub(crate) fn passthrough_on(&self, branch_id: u64) -> Vec<(u64, bool)> {
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        for h in self.map.iter() {
+            let Handle::File(f) = &**h.value() else {
+                continue;
+            };
+            if f.io != Io::Passthrough || f.opened_on.lock().0 != branch_id {
+                continue;
+            }
+            match out.iter_mut().find(|(i, _)| *i == f.ino) {
+                Some((_, w)) => *w |= f.writable,
+                None => out.push((f.ino, f.writable)),
+            }
+        }
+        out
+    }
+
+    /// The file of inode `ino` moved from branch `from` to branch `to` with its inode
+    /// (a lift): its handles there are now handles here.
+    pub(crate) fn moved(&self, ino: u64, from: u64, to: u64) {
+        for h in self.map.iter() {
+            if let Handle::File(f) = &**h.value() {
+                let mut on = f.opened_on.lock();
+                if f.ino == ino && on.0 == from {
+                    on.0 = to;
                 }
-                Handle::Dir(_) => false,
+            }
+        }
+    }
+
+    /// Inodes open for writing through the page cache.
+    pub(crate) fn cached_writers(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .map
+            .iter()
+            .filter_map(|h| match &**h.value() {
+                Handle::File(f) if f.writable && f.io != Io::Passthrough => Some(f.ino),
+                _ => None,
             })
-            .count()
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Open file handles (for stats).

@@ -434,6 +434,9 @@ impl fuser::Filesystem for UnionFs {
             .stats
             .data_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Held to the end of the write: a stack change waits for it, so a write that
+        // found its branch rw cannot land there after a snapshot copied the file up.
+        let _gate = self.union.op_guard();
         let r = (|| {
             let fd = self.fd_for(fh, true)?;
             let mut done = 0usize;
@@ -492,6 +495,7 @@ impl fuser::Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _gate = self.union.op_guard();
         match self
             .fd_for(fh, true)
             .and_then(|fd| crate::core::sys_fsync(fd.as_fd(), datasync).map_err(io_err))
@@ -715,6 +719,7 @@ impl fuser::Filesystem for UnionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _gate = self.union.op_guard();
         let r = self.fd_for(fh, true).and_then(|fd| {
             let rc = unsafe {
                 libc::fallocate(
@@ -772,6 +777,7 @@ impl fuser::Filesystem for UnionFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _gate = self.union.op_guard();
         let r = (|| {
             let src = self.fd_for(fh_in, false)?;
             let dst = self.fd_for(fh_out, true)?;

@@ -7,14 +7,16 @@
 //! passthrough open is refused. So the table tracks, per inode, which io mode its open
 //! handles use, and hands out one backing id per inode while handles are open.
 //!
-//! A union file can change its backing file (copy-up, a snapshot redirecting writers); a
-//! passthrough handle cannot follow. Hence the policy: `auto` passes through only files
-//! already on a read-write branch (their final place; copy-up never moves them), `on`
-//! also lower files opened for reading, at the price that a write-open needing to copy
-//! such a file up while it is held fails with ETXTBSY.
+//! A union file can change its backing file (copy-up); a passthrough handle cannot
+//! follow. Hence the policy: `auto` passes through only files already on a read-write
+//! branch (their final place; copy-up never moves them), `on` also lower files opened
+//! for reading, at the price that a write-open needing to copy such a file up while it
+//! is held fails with ETXTBSY. When a branch stops taking writes (a snapshot, `mode
+//! ro`), the files passthrough handles hold there move up with their inode instead
+//! (`Control::lift_passthrough_files`), so the backing file stays the union's file.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,9 +25,6 @@ use parking_lot::{Condvar, Mutex};
 /// How long an open that conflicts with passthrough handles waits for them to close: the
 /// kernel sends RELEASE asynchronously, so a handle closed just before may still count.
 const RELEASE_GRACE: Duration = Duration::from_millis(500);
-
-/// How long an open waits for a release in flight while a stack change drains writers.
-const HELD_GRACE: Duration = Duration::from_millis(100);
 
 /// `-o passthrough=`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -92,9 +91,6 @@ pub(crate) struct PassthroughTable<B> {
     /// for want of privilege.
     usable: AtomicBool,
     inodes: Mutex<HashMap<u64, InodeIo<B>>>,
-    /// While above zero (a snapshot waiting for passthrough writers to close), new
-    /// handles of inodes without passthrough handles use the page cache.
-    held: AtomicUsize,
     /// Signalled when an inode's last handle is released.
     released: Condvar,
     /// Inodes written through passthrough since their last page-cache open.
@@ -111,7 +107,6 @@ impl<B> PassthroughTable<B> {
             mode,
             usable: AtomicBool::new(false),
             inodes: Mutex::new(HashMap::new()),
-            held: AtomicUsize::new(0),
             released: Condvar::new(),
             written: Mutex::new(HashSet::new()),
         }
@@ -186,15 +181,6 @@ impl<B> PassthroughTable<B> {
         {
             return Err(Busy);
         }
-        if t.writable && self.held.load(Ordering::Relaxed) > 0 {
-            // A stack change waits for passthrough writers to drain: let a RELEASE in
-            // flight (the kernel sends it after close returns) land first, so a file
-            // opened again at once for writing does not keep its inode in passthrough.
-            // Readers do not wait: they hold no worker thread the RELEASE may need.
-            self.wait_while(&mut inodes, HELD_GRACE, |m| {
-                matches!(m.get(&ino), Some(InodeIo::Passthrough { .. }))
-            });
-        }
         match inodes.get_mut(&ino) {
             Some(InodeIo::Passthrough { backing, opens, .. }) => {
                 *opens += 1;
@@ -212,7 +198,6 @@ impl<B> PassthroughTable<B> {
             None => {}
         }
         let eligible = self.usable()
-            && self.held.load(Ordering::Relaxed) == 0
             && t.regular
             && (t.on_rw_branch || (self.mode == PassthroughMode::On && !t.writable));
         if eligible {
@@ -266,13 +251,6 @@ impl<B> PassthroughTable<B> {
         }
     }
 
-    /// Until the guard drops, new opens start no passthrough: what a stack change waits
-    /// for then only drains.
-    pub(crate) fn hold(self: &Arc<Self>) -> HoldGuard<B> {
-        self.held.fetch_add(1, Ordering::Relaxed);
-        HoldGuard(self.clone())
-    }
-
     /// Inodes with passthrough handles open (for stats).
     pub(crate) fn passthrough_inodes(&self) -> usize {
         self.inodes
@@ -280,15 +258,6 @@ impl<B> PassthroughTable<B> {
             .values()
             .filter(|v| matches!(v, InodeIo::Passthrough { .. }))
             .count()
-    }
-}
-
-/// See [`PassthroughTable::hold`].
-pub(crate) struct HoldGuard<B>(Arc<PassthroughTable<B>>);
-
-impl<B> Drop for HoldGuard<B> {
-    fn drop(&mut self) {
-        self.0.held.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -409,25 +378,6 @@ mod tests {
         closer.join().unwrap();
         assert_eq!(
             is_pt(&t.open(1, target(11, true, true), || Ok(2)).unwrap()),
-            Some(2)
-        );
-    }
-
-    #[test]
-    fn a_hold_keeps_new_inodes_in_the_page_cache_but_not_held_ones() {
-        let t = Arc::new(table(PassthroughMode::Auto));
-        t.open(1, target(10, true, true), || Ok(1)).unwrap();
-        let g = t.hold();
-        assert!(is_pt(&t.open(2, target(20, true, true), || Ok(2)).unwrap()).is_none());
-        // The kernel needs every open of inode 1 to pass through while one does.
-        assert_eq!(
-            is_pt(&t.open(1, target(10, true, true), || Ok(3)).unwrap()),
-            Some(1)
-        );
-        drop(g);
-        t.release(2);
-        assert_eq!(
-            is_pt(&t.open(2, target(20, true, true), || Ok(2)).unwrap()),
             Some(2)
         );
     }

@@ -93,7 +93,9 @@ impl UnionFs {
         let st = crate::core::sys_fstat(fd.as_fd()).map_err(io_err)?;
         let t = OpenTarget {
             file: (st.st_dev, st.st_ino),
-            on_rw_branch: is_final,
+            // A writer of a file with other names stays with the daemon: such a file
+            // cannot move up with its inode when its branch turns read-only (a lift).
+            on_rw_branch: is_final && !(writable && st.st_nlink > 1),
             regular: st.st_mode & libc::S_IFMT == libc::S_IFREG,
             writable,
         };
