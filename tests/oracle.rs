@@ -256,6 +256,60 @@ fn oracle_seeds_150_200() {
     seed_range("oracle_seeds_150_200", 150, 200);
 }
 
+/// Renaming a lower and a merged directory whose lower copy had a deleted child
+/// (`rm d/sub/f; mv d e`): the kernel's mv fallback rebuilds `e` from what is visible,
+/// so our upper must hold no whiteout (nor opaque marker) inside `e/sub` either.
+#[test]
+fn oracle_rename_of_a_directory_with_a_deleted_child() {
+    use ops::{Op, Step};
+    let Some(cfg) = prepare(
+        "oracle_rename_of_a_directory_with_a_deleted_child",
+        peer_is_kernel(),
+    ) else {
+        return;
+    };
+    // A seed whose lower has d/sub/f: a top-level directory, a subdirectory, a file in it.
+    let found = (0..200u64).find_map(|seed| {
+        let spec = lower::generate(&mut rng::Rng::new(seed));
+        let is_dir = |p: &str| {
+            spec.iter()
+                .any(|e| e.path == p && matches!(e.node, lower::Node::Dir { .. }))
+        };
+        spec.iter().find_map(|e| {
+            let parts: Vec<&str> = e.path.split('/').collect();
+            (parts.len() == 3
+                && matches!(e.node, lower::Node::File { .. })
+                && is_dir(parts[0])
+                && is_dir(&format!("{}/{}", parts[0], parts[1])))
+            .then(|| (seed, parts[0].to_string(), e.path.clone()))
+        })
+    });
+    let (seed, d, f) = found.expect("some seed's lower has a file two directories down");
+    let step = |op| Step { op, as_user: false };
+    for merged in [false, true] {
+        let mut script = Vec::new();
+        if merged {
+            script.push(step(Op::Create {
+                p: format!("{d}/new-in-upper"),
+                mode: 0o644,
+                excl: true,
+            }));
+        }
+        script.push(step(Op::Unlink { p: f.clone() }));
+        script.push(step(Op::Rename {
+            src: d.clone(),
+            dst: "renamed-dir".into(),
+            noreplace: false,
+        }));
+        let r = run::run(seed, &cfg, Some(&script), 1).expect("harness");
+        assert!(
+            r.failure.is_none(),
+            "{}",
+            run::report(seed, &cfg, &r, "DIFFERENCE", true)
+        );
+    }
+}
+
 /// `UNIONFS_SOAK=N`: N sequences with random seeds.
 #[test]
 fn oracle_soak() {

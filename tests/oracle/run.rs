@@ -89,35 +89,6 @@ fn res_name(o: &Outcome) -> String {
     }
 }
 
-/// Paths under a directory that the kernel side renamed with the mv fallback. Its upper
-/// may legitimately differ from ours there (mv rebuilds the tree with mkdir + link, we
-/// copy up, or record a redirect, and put opaque markers where we need them), so the raw
-/// upper comparison skips these subtrees; the "meaning" comparison (the kernel reading
-/// our upper) still covers them.
-#[derive(Default)]
-struct Taint(Vec<String>);
-
-impl Taint {
-    fn covers(&self, p: &str) -> bool {
-        self.0.iter().any(|t| {
-            p == t || (p.starts_with(t.as_str()) && p.as_bytes().get(t.len()) == Some(&b'/'))
-        })
-    }
-
-    fn renamed(&mut self, src: &str, dst: &str) {
-        let mut add = Vec::new();
-        if self.covers(src) {
-            add.push(dst.to_string());
-        }
-        for t in &self.0 {
-            if t == src || (t.starts_with(src) && t.as_bytes().get(src.len()) == Some(&b'/')) {
-                add.push(format!("{dst}{}", &t[src.len()..]));
-            }
-        }
-        self.0.extend(add);
-    }
-}
-
 fn setup_err(what: &str, e: impl std::fmt::Display) -> String {
     format!("oracle setup: {what}: {e}")
 }
@@ -199,7 +170,6 @@ fn drive(
         sys::lsetxattr(&lo.mnt, "user.perturb", b"1", 0).map_err(|e| setup_err("perturb", e))?;
     }
     let mut rng = Rng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x0123_4567);
-    let mut taint = Taint::default();
     let n = script.map_or(cfg.ops, |s| s.len());
     for i in 0..n {
         let step = match script {
@@ -224,14 +194,6 @@ fn drive(
         }
         let k = exec::execute(&step, &lk.mnt, true);
         let o = exec::execute(&step, &lo.mnt, peer_kernel);
-        if let Op::Rename { src, dst, .. } = &step.op {
-            if k.res.is_ok() && o.res.is_ok() {
-                taint.renamed(src, dst);
-                if k.emulated {
-                    taint.0.push(dst.clone());
-                }
-            }
-        }
         let same = same_outcome(&k, &o);
         let sig = format!("errno:{}:{}/{}", step.op.kind(), res_name(&k), res_name(&o));
         run.records.push(Record {
@@ -295,7 +257,10 @@ fn drive(
     }
     let ku = snap::capture(&lk.upper, Mode::Upper, cfg.now_floor);
     let ou = snap::capture(&lo.upper, Mode::Upper, cfg.now_floor);
-    let skip = |p: &str| taint.covers(p);
+    // Compared everywhere, renamed directories included: after the kernel side's mv
+    // fallback, its upper holds the tree rebuilt from what was visible, which ours
+    // must equal (no whiteout or opaque marker left inside a moved tree).
+    let skip = |_: &str| false;
     let d = snap::diff(
         &ku,
         &ou,
@@ -315,14 +280,7 @@ fn drive(
     }
     lines.retain(|(c, _)| !cfg.ignored(c));
     if !lines.is_empty() {
-        let mut text = String::from("upper directories differ");
-        if !taint.0.is_empty() {
-            let _ = write!(
-                text,
-                " (not compared under {:?}: renamed by the kernel's mv fallback)",
-                taint.0
-            );
-        }
+        let text = String::from("upper directories differ");
         run.failure = Some(Failure {
             after: n,
             signature: lines[0].0.clone(),

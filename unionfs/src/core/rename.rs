@@ -168,6 +168,13 @@ impl Union {
         }
         if src.is_dir() {
             self.fix_opaque(new_parent, new_name, target)?;
+            if (src.layers.len() > 1 || src.top() != target)
+                && stack.format != super::WhiteoutFormat::Meta
+            {
+                let moved = sys::open_dir_path(ddir.as_fd(), std::path::Path::new(new_name))
+                    .ctx("rename", &new_path)?;
+                drop_stale_markers(stack.format, moved.as_fd(), true).ctx("rename", &new_path)?;
+            }
         }
         let stack = self.stack();
         if let Some(left) = lookup_in(&stack, parent, name)? {
@@ -236,6 +243,56 @@ impl Union {
     }
 }
 
+/// A merged tree moved where nothing lower shows through it (its new name has nothing
+/// below, or it is opaque now): the whiteouts and opaque markers inside it, which hid
+/// lower entries at its old place, hide nothing any more. Drops them, so the layout is
+/// the one kernel overlayfs leaves after `mv` (which copies the tree afresh).
+fn drop_stale_markers(
+    format: super::WhiteoutFormat,
+    dir: std::os::fd::BorrowedFd<'_>,
+    top: bool,
+) -> std::io::Result<()> {
+    use super::whiteout::EntryMeaning;
+    let before = sys::fstat(dir)?;
+    let list = sys::open_beneath(
+        dir,
+        std::path::Path::new(""),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )?;
+    let mut changed = false;
+    for e in sys::read_dir_fd(&list)? {
+        match format.classify(dir, &e.name, e.d_type)? {
+            // The moved directory's own opaque marker (`wh`) stays: `fix_opaque` decided it.
+            EntryMeaning::Private if top => {}
+            EntryMeaning::Whiteout(_) | EntryMeaning::Private => {
+                sys::unlinkat(dir, &e.name, false)?;
+                changed = true;
+            }
+            EntryMeaning::Real => {
+                let is_dir = match e.d_type {
+                    libc::DT_DIR => true,
+                    libc::DT_UNKNOWN => {
+                        sys::stat_opt(dir, &e.name)?.is_some_and(|st| sys::is_dir(&st))
+                    }
+                    _ => false,
+                };
+                if is_dir {
+                    if matches!(format, super::WhiteoutFormat::Overlay { .. }) {
+                        format.clear_opaque(dir, &e.name)?;
+                    }
+                    let sub = sys::open_dir_path(dir, std::path::Path::new(&e.name))?;
+                    drop_stale_markers(format, sub.as_fd(), false)?;
+                }
+            }
+        }
+    }
+    if changed {
+        super::copyup::restore_times(dir, &before);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
@@ -267,9 +324,19 @@ mod tests {
             t.file("ro", "d/low", "low");
             t.dir("rw", "d");
             t.file("rw", "d/up", "up");
+            t.file("ro", "d/sub/gone", "x");
             let u = t.union(fmt);
             let root = u.root().unwrap();
+            u.unlink(&lookup_path(&u, "d/sub"), os("gone")).unwrap();
             u.rename(&root, os("d"), &root, os("e"), 0).unwrap();
+            // Nothing lower is left for the whiteout of `gone` to hide at its new place.
+            let mut inside: Vec<String> = std::fs::read_dir(t.path("rw").join("e/sub"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            inside.sort();
+            assert_eq!(inside, vec!["deep"], "{fmt:?}");
+            assert!(try_lookup(&u, "e/sub/gone").is_none());
             assert!(try_lookup(&u, "d").is_none());
             let e = lookup_path(&u, "e");
             assert_eq!(names(&u.readdir(&e).unwrap()), vec!["low", "sub", "up"]);

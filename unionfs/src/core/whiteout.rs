@@ -294,7 +294,6 @@ impl WhiteoutFormat {
     }
 
     /// Removes the opaque marker of the directory `name` in `dir`, if any.
-    #[cfg(test)]
     pub(crate) fn clear_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         let r = match self {
             WhiteoutFormat::Overlay { .. } => {
