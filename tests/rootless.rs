@@ -23,16 +23,7 @@ struct Rootless {
 }
 
 fn setup() -> Option<Rootless> {
-    let (uid, gid) = require_test_user()?;
-    let mode = fs::metadata("/dev/fuse")
-        .map(|m| m.mode() & 0o777)
-        .unwrap_or(0);
-    if !require(
-        mode & 0o666 == 0o666,
-        &format!("/dev/fuse must be mode 0666 for rootless mounts (it is {mode:o}; scripts/test.sh runs chmod 0666 /dev/fuse)"),
-    ) {
-        return None;
-    }
+    let (uid, gid) = require_rootless_fuse()?;
     let t = TempTree::new();
     let bin = t.install_bin();
     t.write("L/a.txt", "lower a\n");

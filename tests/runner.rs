@@ -567,21 +567,12 @@ fn userns_as_root_and_kernel_overlay() {
 
 #[test]
 fn rootless_container_on_fuse_union() {
-    let Some((uid, gid)) = require_test_user() else {
+    let Some((uid, gid)) = require_rootless_fuse() else {
         return;
     };
     let Some(e) = Env::new("rootless") else {
         return;
     };
-    let mode = fs::metadata("/dev/fuse")
-        .map(|m| m.mode() & 0o777)
-        .unwrap_or(0);
-    if !require(
-        mode & 0o666 == 0o666,
-        "/dev/fuse must be mode 0666 (scripts/test.sh)",
-    ) {
-        return;
-    }
     let bin = e.t.install_bin();
     fs::copy(unionrun_bin(), bin.with_file_name("unionrun")).unwrap();
     let upper = e.t.mkdir("upper");

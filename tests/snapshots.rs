@@ -10,7 +10,6 @@
 //! writes again, as root or as the test user; the branches are read directly.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,17 +30,7 @@ fn world(rootless: bool) -> Option<World> {
         return None;
     }
     let ids = if rootless {
-        let ids = require_test_user()?;
-        let mode = fs::metadata("/dev/fuse")
-            .map(|m| m.mode() & 0o777)
-            .unwrap_or(0);
-        if !require(
-            mode & 0o666 == 0o666,
-            "/dev/fuse must be mode 0666 for rootless mounts (scripts/test.sh sets it)",
-        ) {
-            return None;
-        }
-        Some(ids)
+        Some(require_rootless_fuse()?)
     } else {
         None
     };

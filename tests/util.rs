@@ -120,6 +120,22 @@ pub fn require_test_user() -> Option<(u32, u32)> {
     }
 }
 
+/// Requires root, the rootless test user and a /dev/fuse that user may open (mode 0666,
+/// as scripts/test.sh sets it); returns the user's uid/gid.
+#[track_caller]
+pub fn require_rootless_fuse() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let ids = require_test_user()?;
+    let mode = std::fs::metadata("/dev/fuse")
+        .map(|m| m.mode() & 0o777)
+        .unwrap_or(0);
+    require(
+        mode & 0o666 == 0o666,
+        &format!("/dev/fuse must be mode 0666 for rootless mounts (it is {mode:o}; scripts/test.sh runs chmod 0666 /dev/fuse)"),
+    )
+    .then_some(ids)
+}
+
 /// A command that runs `program args...` as `user` (`runuser -u USER -- ...`).
 pub fn as_user(user: &str, program: impl AsRef<OsStr>) -> Command {
     let mut c = Command::new("runuser");
