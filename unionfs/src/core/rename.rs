@@ -168,17 +168,24 @@ impl Union {
         }
         if src.is_dir() {
             self.fix_opaque(new_parent, new_name, target)?;
-            if (src.layers.len() > 1 || src.top() != target)
-                && stack.format != super::WhiteoutFormat::Meta
-            {
-                let moved = sys::open_dir_path(ddir.as_fd(), std::path::Path::new(new_name))
-                    .ctx("rename", &new_path)?;
-                drop_stale_markers(stack.format, moved.as_fd(), true).ctx("rename", &new_path)?;
-            }
         }
+        let format = stack.format;
         let stack = self.stack();
         if let Some(left) = lookup_in(&stack, parent, name)? {
             self.hide_name(&stack, parent, name, &left, "rename", false)?;
+        }
+        // Markers inside a moved merged tree hide nothing any more (the tree is opaque or
+        // has nothing below it); dropping them only makes the upper equal kernel
+        // overlayfs's, so a failure (a 0555 directory, no user xattrs) is not the rename's.
+        if src.is_dir()
+            && (src.layers.len() > 1 || src.top() != target)
+            && format != super::WhiteoutFormat::Meta
+        {
+            let dropped = sys::open_dir_path(ddir.as_fd(), std::path::Path::new(new_name))
+                .and_then(|moved| drop_stale_markers(format, moved.as_fd(), true));
+            if let Err(e) = dropped {
+                tracing::debug!(path = %new_path.display(), error = %e, "stale markers left in a moved directory");
+            }
         }
         let _ = src_up;
         Ok(())
@@ -278,7 +285,9 @@ fn drop_stale_markers(
                     _ => false,
                 };
                 if is_dir {
-                    if matches!(format, super::WhiteoutFormat::Overlay { .. }) {
+                    if matches!(format, super::WhiteoutFormat::Overlay { .. })
+                        && format.is_opaque(dir, &e.name)?
+                    {
                         format.clear_opaque(dir, &e.name)?;
                     }
                     let sub = sys::open_dir_path(dir, std::path::Path::new(&e.name))?;
@@ -342,6 +351,48 @@ mod tests {
             assert_eq!(names(&u.readdir(&e).unwrap()), vec!["low", "sub", "up"]);
             assert_eq!(read(&u, &lookup_path(&u, "e/sub/deep")), "deep");
             assert!(t.path("ro").join("d/sub/deep").exists());
+        }
+    }
+
+    #[test]
+    fn a_marker_that_cannot_be_dropped_does_not_undo_the_rename() {
+        if !require_root("chattr +i") {
+            return;
+        }
+        for fmt in formats() {
+            let t = Tree::new(&["rw", "ro"]);
+            t.dir("ro", "d/sub");
+            t.file("ro", "d/sub/gone", "x");
+            t.file("ro", "d/low", "low");
+            let u = t.union(fmt);
+            let root = u.root().unwrap();
+            u.unlink(&lookup_path(&u, "d/sub"), os("gone")).unwrap();
+            // An immutable directory refuses the whiteout's removal, even to root.
+            let chattr = |flag: &str, rel: &str| {
+                let dir = t.path("rw").join(rel);
+                let ok = std::process::Command::new("chattr")
+                    .arg(flag)
+                    .arg(&dir)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "chattr {flag} {}", dir.display());
+            };
+            chattr("+i", "d/sub");
+            let renamed = u.rename(&root, os("d"), &root, os("e"), 0);
+            // Wherever the directory ended up, it must not stay immutable (the temp dir).
+            for rel in ["e/sub", "d/sub"] {
+                if t.path("rw").join(rel).exists() {
+                    chattr("-i", rel);
+                }
+            }
+            renamed.unwrap();
+            assert!(
+                try_lookup(&u, "d").is_none(),
+                "{fmt:?}: the old name stays hidden"
+            );
+            assert!(try_lookup(&u, "d/low").is_none());
+            assert!(try_lookup(&u, "e/sub/gone").is_none());
+            assert_eq!(read(&u, &lookup_path(&u, "e/low")), "low");
         }
     }
 

@@ -194,3 +194,17 @@ pub(crate) fn set_mtime(p: &Path, sec: i64, nsec: i64) {
 pub(crate) fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
+
+/// Whether the test runs as root; otherwise prints why it skipped (and fails on CI, where
+/// a test that cannot run is a failure).
+pub(crate) fn require_root(why: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "needs root on CI: {why}"
+    );
+    eprintln!("skipped: needs root ({why})");
+    false
+}
