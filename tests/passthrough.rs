@@ -182,17 +182,31 @@ fn a_snapshot_moves_passthrough_writers_up_with_their_inode() {
     assert_eq!(list(&fx.mnt), before);
 
     // A new top on another mount cannot receive the live file (rename only): refused,
-    // nothing changes, the directory stays empty.
+    // nothing changes, the directory stays empty (no work dir, no parents a lift made).
+    fs::create_dir_all(fx.mnt.join("d/e")).unwrap();
+    let mut deep = fs::File::create(fx.mnt.join("d/e/deep")).unwrap();
+    deep.write_all(b"deep\n").unwrap();
     let other = fx.t.mkdir("tmpfs");
-    sh_ok(&format!(
-        "mount -t tmpfs unionfs-test-tmpfs {}",
-        other.display()
-    ));
+    let mut mount_tmpfs = std::process::Command::new("mount");
+    mount_tmpfs
+        .args(["-t", "tmpfs", "unionfs-test-tmpfs"])
+        .arg(&other);
+    let tmpfs = MountGuard::run(mount_tmpfs, &other);
     let out = ctl(&fx.mnt, &["snapshot", other.to_str().unwrap()]);
-    sh(&format!("umount -l {}", other.display()));
+    let left: Vec<_> = fs::read_dir(&other)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    drop(tmpfs);
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(out.stderr.contains("another mount"), "{out}");
+    assert!(left.is_empty(), "the refused snapshot left {left:?}");
     assert_eq!(list(&fx.mnt), before);
+    drop(deep);
+    assert_eq!(
+        fs::read_to_string(fx.mnt.join("d/e/deep")).unwrap(),
+        "deep\n"
+    );
     w.write_all(b"four\n").unwrap();
     drop(w);
     assert_eq!(
@@ -258,4 +272,41 @@ fn a_reader_held_across_a_snapshot_lets_writers_in() {
     assert_eq!(fs::read_to_string(fx.mnt.join("f")).unwrap(), "v1\nv2\n");
     assert_eq!(fs::read_to_string(snap.join("f")).unwrap(), "v1\nv2\n");
     assert_eq!(fs::read_to_string(fx.up.join("f")).unwrap(), "v1\n");
+}
+
+#[test]
+fn a_writer_whose_file_gained_a_name_refuses_a_snapshot_until_closed() {
+    let Some(fx) = mount_with(&[]) else { return };
+    let mut w = fs::File::create(fx.mnt.join("log")).unwrap();
+    w.write_all(b"one\n").unwrap();
+    fs::hard_link(fx.mnt.join("log"), fx.mnt.join("log.link")).unwrap();
+    let before = list(&fx.mnt);
+    let snap = fx.t.join("snap");
+    let out = ctl(&fx.mnt, &["snapshot", snap.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr.contains("log") && out.stderr.contains("hard links"),
+        "{out}"
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+    assert_eq!(list(&fx.mnt), before, "nothing changed");
+    assert!(!snap.exists(), "the directory the command made is gone");
+    w.write_all(b"two\n").unwrap();
+    drop(w);
+    ctl(&fx.mnt, &["snapshot", snap.to_str().unwrap()]).ok();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(fx.mnt.join("log.link"))
+        .unwrap()
+        .write_all(b"three\n")
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(fx.up.join("log")).unwrap(),
+        "one\ntwo\n",
+        "the snapshot keeps both names' bytes"
+    );
+    assert_eq!(
+        fs::read_to_string(fx.mnt.join("log.link")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
 }

@@ -7,8 +7,12 @@
 //! times; built in the work dir, fsynced, renamed into place at the target), then one
 //! `RENAME_EXCHANGE` swaps the two names: the live inode goes up, the copy goes down. So
 //! the writers keep their file and their later writes land in the new top, the branch
-//! below keeps the bytes written before the copy, and a crash at any point leaves
-//! either both names holding the same data or the swap done.
+//! below keeps the bytes written before the copy.
+//!
+//! Passthrough writes do not wait for the daemon, so one that races the copy may land
+//! partly in it (as a write racing a `cp` would). A crash between the copy and the swap
+//! leaves the copy in the new top holding the bytes of the copy's time; the writes
+//! after it are only in the file below (the stack change itself is not persistent).
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -25,6 +29,8 @@ pub struct Lift {
     from: u16,
     /// Branch index it goes to.
     to: u16,
+    /// The outermost parent directory the copy-up had to make at `to` (undone with it).
+    made: Option<PathBuf>,
     swapped: bool,
 }
 
@@ -49,6 +55,7 @@ impl Lift {
             }
             libc::EBUSY => "it has several names (hard links)".into(),
             libc::EROFS => "no read-write branch above it takes its writes".into(),
+            libc::EACCES => "copy-up is off (unionfs-fuse's syntax without -o cow)".into(),
             _ => e.to_string(),
         }
     }
@@ -69,17 +76,36 @@ impl Union {
             // keep showing the live data).
             return Err(errno("lift", &obj.path, libc::EBUSY));
         }
-        let up = self.copy_up(obj, Data::Full)?;
-        let to = up.top();
-        if to == from {
-            return Err(errno("lift", &obj.path, libc::EROFS));
-        }
+        let to = match self.write_target(&stack, from) {
+            Some(to) if to != from => to,
+            _ => return Err(errno("lift", &obj.path, libc::EROFS)),
+        };
+        let made = obj
+            .parent_path()
+            .ancestors()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .find(|dir| parent_fd(&stack, to, dir).is_err())
+            .map(PathBuf::from);
         let mut lift = Lift {
             path: obj.path.clone(),
             from,
             to,
+            made,
             swapped: false,
         };
+        match self.copy_up(obj, Data::Full) {
+            Ok(up) if up.top() == to => {}
+            Ok(_) => {
+                self.undo_lift(&mut lift);
+                return Err(errno("lift", &obj.path, libc::EROFS));
+            }
+            Err(e) => {
+                self.undo_lift(&mut lift);
+                return Err(e);
+            }
+        }
         if let Err(e) = self.swap(&lift) {
             self.undo_lift(&mut lift);
             return Err(e);
@@ -89,21 +115,40 @@ impl Union {
         Ok(lift)
     }
 
-    /// Reverts a lift: the live file back where it was, the copy gone. Best effort (the
-    /// caller is already reporting an error).
-    pub fn undo_lift(&self, lift: &mut Lift) {
+    /// Reverts a lift: the live file back where it was, the copy and the directories
+    /// made for it gone. Best effort (the caller is already reporting an error); false
+    /// if the live file could not be put back (it stays at the target, where it is
+    /// the only holder of the writes since the lift: never delete it).
+    pub fn undo_lift(&self, lift: &mut Lift) -> bool {
         if lift.swapped && self.swap(lift).is_ok() {
             lift.swapped = false;
         }
-        if !lift.swapped {
-            let stack = self.stack();
-            let name = lift.path.file_name().unwrap_or_default();
-            let parent = lift.path.parent().unwrap_or(std::path::Path::new(""));
-            if let Ok(dir) = parent_fd(&stack, lift.to, parent) {
-                let _ = sys::unlinkat(dir.as_fd(), name, false);
-            }
-            stack.bump_layers();
+        if lift.swapped {
+            return false;
         }
+        let stack = self.stack();
+        let in_to = |rel: &std::path::Path| {
+            let name = rel.file_name().unwrap_or_default();
+            let parent = rel.parent().unwrap_or(std::path::Path::new(""));
+            (parent_fd(&stack, lift.to, parent), name.to_owned())
+        };
+        if let (Ok(dir), name) = in_to(&lift.path) {
+            let _ = sys::unlinkat(dir.as_fd(), &name, false);
+        }
+        if let Some(made) = &lift.made {
+            // Innermost first; one that is not empty (another lift's) stops the walk.
+            for d in lift.path.ancestors().skip(1) {
+                let removed = match in_to(d) {
+                    (Ok(dir), name) => sys::unlinkat(dir.as_fd(), &name, true).is_ok(),
+                    _ => false,
+                };
+                if !removed || d == made {
+                    break;
+                }
+            }
+        }
+        stack.bump_layers();
+        true
     }
 
     /// Exchanges the file's two instances, keeping both directories' times.
@@ -204,9 +249,19 @@ mod tests {
         assert_eq!(u.lift(&c, live).unwrap_err().errno(), libc::EBUSY);
         assert!(!snap.join("a").exists() && !snap.join("c").exists());
         let mut l = u.lift(&c, (c.st.st_dev, c.st.st_ino)).unwrap();
-        u.undo_lift(&mut l);
+        assert!(u.undo_lift(&mut l));
         assert!(!snap.join("c").exists(), "undo removes the copy");
         let md = std::fs::metadata(t.path("top").join("c")).unwrap();
         assert_eq!(md.ino(), c.st.st_ino, "undo puts the live file back");
+        // The directories the copy needed go with it; those that were there stay.
+        t.dir("top", "x/y/z");
+        t.file("top", "x/y/z/deep", "deep");
+        std::fs::create_dir(snap.join("x")).unwrap();
+        let deep = lookup_path(&u, "x/y/z/deep");
+        let mut l = u.lift(&deep, (deep.st.st_dev, deep.st.st_ino)).unwrap();
+        assert!(snap.join("x/y/z/deep").exists());
+        assert!(u.undo_lift(&mut l));
+        assert!(snap.join("x").is_dir() && !snap.join("x/y").exists());
+        assert_eq!(read(&u, &lookup_path(&u, "x/y/z/deep")), "deep");
     }
 }

@@ -2,6 +2,7 @@
 //! snapshot. Each builds the new branch list from the current stack; the union swaps
 //! it in atomically (`Union::change_stack`). Nothing here touches FUSE.
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -183,6 +184,49 @@ pub fn with_snapshot(stack: &Stack, new_top: Branch) -> Vec<Branch> {
     v
 }
 
+/// Puts the top of a refused snapshot, `dir` (empty before it), back as it was: the
+/// work directory and the directories lifts made in it go, and `dir` itself if the
+/// command `created` it. Files stay: one left there is a live file a lift could not put
+/// back (the refusal names it), and deleting it would lose its writes.
+pub fn discard_new_branch(dir: &Path, created: bool) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(top) = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+    else {
+        return;
+    };
+    for private in [super::branch::HIDDEN_WORK_NAME, super::meta::META_DIR] {
+        let _ = super::branch::remove_tree(top.as_fd(), std::ffi::OsStr::new(private));
+    }
+    remove_empty_dirs(top.as_fd());
+    if created {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Removes the directories under `dir` that hold no file, innermost first, never
+/// following a symlink.
+fn remove_empty_dirs(dir: std::os::fd::BorrowedFd<'_>) {
+    let Ok(list) =
+        super::sys::open_beneath(dir, Path::new(""), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+    else {
+        return;
+    };
+    for e in super::sys::read_dir_fd(&list).unwrap_or_default() {
+        let Ok(Some(st)) = super::sys::stat_opt(dir, &e.name) else {
+            continue;
+        };
+        if super::sys::is_dir(&st) {
+            if let Ok(sub) = super::sys::open_dir_path(dir, Path::new(&e.name)) {
+                remove_empty_dirs(sub.as_fd());
+            }
+            let _ = super::sys::unlinkat(dir, &e.name, true);
+        }
+    }
+}
+
 /// Where a snapshot's new top goes when no directory is given: next to the current
 /// top branch, `TOP.snapN` with the first free N.
 pub fn default_snapshot_dir(stack: &Stack) -> PathBuf {
@@ -207,6 +251,35 @@ mod tests {
     use super::super::testutil::*;
     use super::super::{Config, FormatChoice, Mode, Union};
     use super::*;
+
+    #[test]
+    fn a_discarded_new_branch_keeps_only_files() {
+        for f in formats() {
+            let t = Tree::new(&["rw"]);
+            let stack = t.stack(f);
+            for created in [false, true] {
+                let dir = t.dir.path().join(format!("new-{created}"));
+                std::fs::create_dir(&dir).unwrap();
+                let mnt = t.dir.path().join("mnt");
+                drop(open_new_branch(&stack, &dir, Mode::Rw, &mnt).unwrap());
+                std::fs::create_dir_all(dir.join("made/by/lift")).unwrap();
+                discard_new_branch(&dir, created);
+                assert_eq!(dir.exists(), !created, "{f:?}");
+                if !created {
+                    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+                    assert!(left.is_empty(), "{f:?}: {left:?}");
+                }
+            }
+            // A file is never removed (a live file a lift could not put back).
+            let dir = t.dir.path().join("kept");
+            std::fs::create_dir_all(dir.join("a/b")).unwrap();
+            std::fs::write(dir.join("a/b/live"), "x").unwrap();
+            std::fs::create_dir_all(dir.join("c")).unwrap();
+            discard_new_branch(&dir, true);
+            assert_eq!(std::fs::read_to_string(dir.join("a/b/live")).unwrap(), "x");
+            assert!(!dir.join("c").exists());
+        }
+    }
 
     #[test]
     fn add_remove_mode_and_snapshot_change_what_the_union_shows() {

@@ -219,13 +219,7 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
                                 .map_or(Ok(()), |id| ctl.lift_passthrough_files(id))
                         },
                     )
-                    .inspect_err(|_| {
-                        // A refused snapshot leaves no directory behind (a lift undone
-                        // may have left the parents it made).
-                        if created {
-                            let _ = std::fs::remove_dir_all(&dir);
-                        }
-                    })
+                    .inspect_err(|_| stackops::discard_new_branch(&dir, created))
                 }
                 Err(e) => Err(e),
             }

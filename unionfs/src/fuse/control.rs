@@ -78,12 +78,21 @@ impl Control {
                 Ok(l) => lifted.push((ino, l)),
                 Err(_) if !writers => {}
                 Err(e) => {
+                    let mut why = crate::core::Lift::why(&e);
                     for (_, l) in lifted.iter_mut().rev() {
-                        self.union.undo_lift(l);
+                        if !self.union.undo_lift(l) {
+                            // Said, never hidden: its writes since are only there.
+                            let at = stack.branches[l.to() as usize].path.join(l.path());
+                            why.push_str(&format!(
+                                "; and {} could not be moved back: its live data is at {}",
+                                l.path().display(),
+                                at.display()
+                            ));
+                        }
                     }
                     return Err(StackError::CannotLift {
                         path: obj.path.display().to_string(),
-                        why: crate::core::Lift::why(&e),
+                        why,
                     });
                 }
             }
