@@ -16,20 +16,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// The `unionrun` binary: `$UNIONRUN_BIN`, else next to the unionfs binary under test.
-fn unionrun_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("UNIONRUN_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = unionfs_bin().with_file_name("unionrun");
-    assert!(
-        p.is_file(),
-        "the unionrun binary is missing at {} (cargo build -p runner)",
-        p.display()
-    );
-    p
-}
-
 /// A test's world: rootfs, state root, TMPDIR, a unique container name.
 struct Env {
     t: TempTree,
@@ -39,39 +25,14 @@ struct Env {
     name: String,
 }
 
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
 impl Env {
     /// Needs root and busybox (skips locally, fails on CI).
     fn new(name: &str) -> Option<Env> {
         if !require_root() {
             return None;
         }
-        let bb = busybox();
-        if !require(
-            bb.is_some(),
-            "needs busybox (apt-get install busybox-static)",
-        ) {
-            return None;
-        }
         let t = TempTree::new();
-        let rootfs = t.mkdir("rootfs");
-        for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
-            t.mkdir(format!("rootfs/{d}"));
-        }
-        fs::copy(bb.unwrap(), rootfs.join("bin/busybox")).expect("copy busybox");
-        let list = run_ok(Command::new(rootfs.join("bin/busybox")).arg("--list")).stdout;
-        for applet in list.lines().filter(|a| *a != "busybox") {
-            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
-        }
-        t.write("rootfs/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
-        t.write("rootfs/etc/motd", "lower motd\n");
-        t.chmod("rootfs/tmp", 0o1777);
+        let rootfs = busybox_rootfs(&t, "rootfs")?;
         let (state, tmp) = (t.mkdir("state"), t.mkdir("tmp"));
         Some(Env {
             rootfs,

@@ -11,6 +11,7 @@ mod ctl;
 mod memory;
 mod metacopy;
 mod mount;
+mod oci;
 mod offline;
 mod oracle;
 mod passthrough;

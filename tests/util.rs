@@ -136,6 +136,52 @@ pub fn require_rootless_fuse() -> Option<(u32, u32)> {
     .then_some(ids)
 }
 
+/// The `unionrun` binary: `$UNIONRUN_BIN`, else next to the unionfs binary under test.
+pub fn unionrun_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("UNIONRUN_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = unionfs_bin().with_file_name("unionrun");
+    assert!(
+        p.is_file(),
+        "the unionrun binary is missing at {} (cargo build -p runner)",
+        p.display()
+    );
+    p
+}
+
+/// A busybox rootfs at `rel` in `t` (Debian's busybox-static, every applet linked, an
+/// /etc/passwd, /etc/motd, a 1777 /tmp); `None` (skipped, or a failure on CI) without
+/// busybox.
+pub fn busybox_rootfs(t: &TempTree, rel: &str) -> Option<PathBuf> {
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    if !require(
+        bb.is_some(),
+        "needs busybox (apt-get install busybox-static)",
+    ) {
+        return None;
+    }
+    let rootfs = t.mkdir(rel);
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
+        t.mkdir(format!("{rel}/{d}"));
+    }
+    std::fs::copy(bb.unwrap(), rootfs.join("bin/busybox")).expect("copy busybox");
+    let list = run_ok(Command::new(rootfs.join("bin/busybox")).arg("--list")).stdout;
+    for applet in list.lines().filter(|a| *a != "busybox") {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+    }
+    t.write(
+        format!("{rel}/etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\n",
+    );
+    t.write(format!("{rel}/etc/motd"), "lower motd\n");
+    t.chmod(format!("{rel}/tmp"), 0o1777);
+    Some(rootfs)
+}
+
 /// A command that runs `program args...` as `user` (`runuser -u USER -- ...`).
 pub fn as_user(user: &str, program: impl AsRef<OsStr>) -> Command {
     let mut c = Command::new("runuser");

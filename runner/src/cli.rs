@@ -13,7 +13,7 @@ use crate::spec::{
 /// `unionrun`: run a command on a union root filesystem, isolated by namespaces and
 /// cgroups, as root or rootless.
 #[derive(Debug, Parser)]
-#[command(name = "unionrun", version, about, long_about = None)]
+#[command(name = "unionrun", version, long_version = LONG_VERSION, about, long_about = None)]
 pub struct Args {
     /// Directory for state records [default: /run/unionrun as root, else
     /// $XDG_RUNTIME_DIR/unionrun or /tmp/unionrun-UID; $UNIONRUN_ROOT overrides].
@@ -22,10 +22,16 @@ pub struct Args {
     /// More output on stderr (repeat for more); RUST_LOG works too.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// runc's global flags (OCI runtime mode).
+    #[command(flatten)]
+    pub oci: crate::oci::args::OciGlobal,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// `--version`, as runc prints it (podman shows it): name and version, then the spec.
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\nspec: ", "1.2.0");
 
 /// The exit status contract, printed by `unionrun run --help`.
 const EXIT_STATUS: &str = "Exit status: the payload's exit code; 128+N if it died of \
@@ -40,6 +46,27 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Sweep what runners that died left behind (mount, daemon, cgroup, temp dirs).
     Cleanup(CleanupArgs),
+    /// OCI: create a container from a bundle; its process waits for `start`.
+    Create(crate::oci::args::CreateArgs),
+    /// OCI: start a created container's process.
+    Start(crate::oci::args::IdArg),
+    /// OCI: print a container's state (JSON).
+    State(crate::oci::args::IdArg),
+    /// OCI: send a signal to a container's process (or all of them).
+    Kill(crate::oci::args::KillArgs),
+    /// OCI: delete a container (what create made).
+    Delete(crate::oci::args::DeleteArgs),
+    /// OCI: list containers.
+    List(crate::oci::args::ListArgs),
+    /// OCI: run a new process in a running container.
+    Exec(Box<crate::oci::args::ExecArgs>),
+    /// OCI: write a default config.json.
+    Spec(crate::oci::args::SpecArgs),
+    /// OCI: print the features this runtime implements (JSON).
+    Features,
+    /// OCI (runc): not supported; refused with a clear message.
+    #[command(hide = true, external_subcommand)]
+    Other(Vec<String>),
 }
 
 /// `--fs`.
@@ -290,7 +317,7 @@ mod tests {
         let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
         match a.command {
             Command::Run(r) => r.into_spec(a.root, a.verbose).map_err(|e| e.0),
-            Command::Cleanup(_) => Err("cleanup".into()),
+            _ => Err("not run".into()),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod fsd;
 pub mod init;
 pub mod monitor;
 pub mod namespaces;
+pub mod oci;
 pub mod rootfs;
 pub mod security;
 pub mod spec;

@@ -4,6 +4,9 @@
 use clap::Parser;
 use runner::cli::{default_state_root, Args, Command};
 use runner::error::{one_line, EXIT_RUNNER};
+use runner::oci::args::OciGlobal;
+use runner::oci::lifecycle;
+use runner::oci::store::Store;
 
 fn main() {
     let args = match Args::try_parse() {
@@ -24,7 +27,67 @@ fn main() {
         }
     };
     init_logging(args.verbose);
-    let code = match args.command {
+    let oci_root = || runner::oci::lifecycle::store_root(args.root.clone());
+    let oci = |r: Result<(), runner::oci::OciError>| oci_report(&args.oci, r.map(|()| 0));
+    let code = match &args.command {
+        Command::Create(a) => oci(lifecycle::create(&Store::new(&oci_root()), a)),
+        Command::Start(a) => oci(lifecycle::start(&Store::new(&oci_root()), &a.id)),
+        Command::State(a) => oci(lifecycle::state(&Store::new(&oci_root()), &a.id)),
+        Command::Kill(a) => oci(lifecycle::kill(&Store::new(&oci_root()), a)),
+        Command::Delete(a) => oci(lifecycle::delete(&Store::new(&oci_root()), a)),
+        Command::List(a) => oci(lifecycle::list(&Store::new(&oci_root()), a)),
+        Command::Exec(a) => oci_report(&args.oci, lifecycle::exec(&Store::new(&oci_root()), a)),
+        Command::Spec(a) => oci(lifecycle::spec(a)),
+        Command::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&lifecycle::features()).unwrap_or_default()
+            );
+            0
+        }
+        Command::Other(v) => oci(Err(runner::oci::OciError::Usage(format!(
+            "{} is not supported by unionrun (see docs/oci.md)",
+            v.first().map(String::as_str).unwrap_or("that command")
+        )))),
+        _ => run_or_cleanup(args),
+    };
+    std::process::exit(code);
+}
+
+/// Prints an OCI command's failure as one line (and to --log, as conmon reads it).
+fn oci_report(g: &OciGlobal, r: Result<i32, runner::oci::OciError>) -> i32 {
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = runner::error::one_line(&e);
+            eprintln!("unionrun: {msg}");
+            if let Some(log) = &g.log {
+                let line = if g.log_format == "json" {
+                    serde_json::json!({
+                        "level": "error",
+                        "msg": msg,
+                        "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                    })
+                    .to_string()
+                } else {
+                    format!("unionrun: {msg}")
+                };
+                use std::io::Write;
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+            runner::oci::EXIT_FAILURE
+        }
+    }
+}
+
+fn run_or_cleanup(args: Args) -> i32 {
+    match args.command {
         Command::Run(r) => match r.into_spec(args.root, args.verbose) {
             Ok(spec) => report(runner::monitor::run(&spec)),
             Err(e) => report(Err(e.into())),
@@ -33,8 +96,8 @@ fn main() {
             let root = args.root.unwrap_or_else(default_state_root);
             report(runner::monitor::cleanup(&root, &c.names, args.verbose))
         }
-    };
-    std::process::exit(code);
+        _ => unreachable!("OCI commands are dispatched in main"),
+    }
 }
 
 fn report(r: Result<i32, runner::error::RunError>) -> i32 {

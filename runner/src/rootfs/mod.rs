@@ -71,6 +71,19 @@ pub enum MountOp {
         /// Options.
         data: Option<String>,
     },
+    /// A mount as an OCI config.json lists it (any type, source and options).
+    Any {
+        /// Filesystem type.
+        fstype: String,
+        /// Source (a device, "tmpfs", "proc", ...).
+        source: String,
+        /// Container path (created as a directory if missing).
+        dst: PathBuf,
+        /// MS_* flags.
+        flags: MsFlags,
+        /// Options the kernel takes as data.
+        data: Option<String>,
+    },
     /// Bind a host path onto a container path (created like the source if missing).
     Bind {
         /// Host path.
@@ -83,6 +96,22 @@ pub enum MountOp {
         read_only: bool,
         /// The source is not a directory (the target is created as a file).
         file: bool,
+    },
+    /// Set mount attributes (MOUNT_ATTR_NOSUID, ...) on a mounted container path.
+    Attr {
+        /// Container path.
+        dst: PathBuf,
+        /// Every submount too.
+        recursive: bool,
+        /// MOUNT_ATTR_* bits to set.
+        set: u64,
+    },
+    /// Change the propagation of a mounted container path (MS_PRIVATE, MS_SLAVE, ...).
+    Propagation {
+        /// Container path.
+        dst: PathBuf,
+        /// The propagation flag, with MS_REC for the whole subtree.
+        flags: MsFlags,
     },
     /// Bind an existing container path onto itself read-only (skipped if missing).
     ReadOnly {
@@ -122,6 +151,14 @@ impl fmt::Display for MountOp {
                 dst.display(),
                 data.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
             ),
+            MountOp::Any {
+                fstype, dst, data, ..
+            } => write!(
+                f,
+                "mount {fstype} on {}{}",
+                dst.display(),
+                data.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+            ),
             MountOp::Bind {
                 src,
                 dst,
@@ -134,6 +171,12 @@ impl fmt::Display for MountOp {
                 dst.display(),
                 if *read_only { " (ro)" } else { "" }
             ),
+            MountOp::Attr { dst, set, .. } => {
+                write!(f, "set attributes {set:#x} on {}", dst.display())
+            }
+            MountOp::Propagation { dst, flags } => {
+                write!(f, "set propagation {flags:?} on {}", dst.display())
+            }
             MountOp::ReadOnly { dst } => write!(f, "make {} read-only", dst.display()),
             MountOp::Mask { dst } => write!(f, "mask {}", dst.display()),
             MountOp::Symlink { target, link } => {
@@ -268,6 +311,22 @@ fn run_op(op: &MountOp, root: &Path, sys: &dyn Syscall) -> Result<(), SysError> 
                 data.as_deref(),
             )
         }
+        MountOp::Any {
+            fstype,
+            source,
+            dst,
+            flags,
+            data,
+        } => {
+            let t = sys.open_in_root(root, dst, Create::Dir)?;
+            sys.mount(
+                Some(Path::new(source)),
+                &t,
+                Some(fstype),
+                *flags,
+                data.as_deref(),
+            )
+        }
         MountOp::Bind {
             src,
             dst,
@@ -288,6 +347,18 @@ fn run_op(op: &MountOp, root: &Path, sys: &dyn Syscall) -> Result<(), SysError> 
                 sys.mount_setattr(&t, *recursive, ATTR_RDONLY, 0)?;
             }
             Ok(())
+        }
+        MountOp::Attr {
+            dst,
+            recursive,
+            set,
+        } => {
+            let t = sys.open_in_root(root, dst, Create::Nothing)?;
+            sys.mount_setattr(&t, *recursive, *set, 0)
+        }
+        MountOp::Propagation { dst, flags } => {
+            let t = sys.open_in_root(root, dst, Create::Nothing)?;
+            sys.mount(None, &t, None, *flags, None)
         }
         MountOp::ReadOnly { dst } => {
             let t = match sys.open_in_root(root, dst, Create::Nothing) {

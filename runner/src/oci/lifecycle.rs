@@ -1,0 +1,813 @@
+//! The OCI commands, runc's behaviour the reference: `create` leaves the container's
+//! process waiting on the exec fifo and returns; `start` releases it; `state` reads the
+//! record and the process; `kill` signals; `delete` removes what `create` made.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::args::{CreateArgs, DeleteArgs, ExecArgs, KillArgs, ListArgs, SpecArgs};
+use super::bundle::{Bundle, ProcessPlan};
+use super::init::{self, ChildFds};
+use super::store::{Saved, Status, Store, FIFO};
+use super::OciError;
+use crate::cgroups::{self, Cgroups, OwnCgroups};
+use crate::namespaces::{clone_process, Forked};
+use crate::spec::Limits;
+use crate::state::ProcId;
+
+/// The runtime-spec version we implement.
+pub const OCI_VERSION: &str = "1.2.0";
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), OciError> {
+    let mut fds = [0; 2];
+    // SAFETY: valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(OciError::io("pipe", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fresh fds.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Connects to the console socket (a host path, so before the child's pivot_root).
+fn connect(sock: &Path) -> Result<OwnedFd, OciError> {
+    let s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| {
+        OciError::io(
+            format!("connect to the console socket {}", sock.display()),
+            e,
+        )
+    })?;
+    Ok(OwnedFd::from(s))
+}
+
+/// Limits from linux.resources (memory, cpu quota/period, pids).
+fn limits_of(b: &Bundle) -> Limits {
+    let r = b
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone())
+        .unwrap_or_default();
+    let memory = r
+        .memory()
+        .as_ref()
+        .and_then(|m| m.limit())
+        .filter(|&l| l > 0)
+        .map(|l| l as u64);
+    let cpus = r
+        .cpu()
+        .as_ref()
+        .and_then(|c| match (c.quota(), c.period()) {
+            (Some(q), Some(p)) if q > 0 && p > 0 => Some(q as f64 / p as f64),
+            _ => None,
+        });
+    let pids = r
+        .pids()
+        .as_ref()
+        .map(|p| p.limit())
+        .filter(|&l| l > 0)
+        .map(|l| l as u64);
+    Limits { memory, cpus, pids }
+}
+
+/// The container's cgroup: `<own cgroup>/unionrun/<id>` in each hierarchy.
+fn make_cgroup(id: &str, limits: &Limits) -> Result<Option<Box<dyn Cgroups>>, OciError> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut cg = match cgroups::for_root(root, &OwnCgroups::current(), id) {
+        Ok(cg) => cg,
+        Err(e) if !limits.any() => {
+            tracing::warn!("no cgroup: {e}");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(OciError::Container(format!(
+                "cannot apply linux.resources: {e}"
+            )))
+        }
+    };
+    match cg.create().and_then(|_| cg.apply(limits)) {
+        Ok(()) => Ok(Some(cg)),
+        Err(e) => {
+            let _ = cg.remove();
+            if limits.any() {
+                Err(OciError::Container(format!(
+                    "cannot apply linux.resources: {e}"
+                )))
+            } else {
+                tracing::warn!("no cgroup: {e}");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// What `create` made so far, undone on failure (nothing half-done stays).
+struct Creating<'a> {
+    store: &'a Store,
+    id: String,
+    cgroup: Option<Box<dyn Cgroups>>,
+    child: Option<i32>,
+    done: bool,
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(pid) = self.child {
+            // SAFETY: our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+        if let Some(mut cg) = self.cgroup.take() {
+            let _ = cg.kill_all();
+            let _ = cg.remove();
+        }
+        self.store.remove(&self.id);
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+}
+
+/// `create`.
+pub fn create(store: &Store, a: &CreateArgs) -> Result<(), OciError> {
+    super::store::check_id(&a.id)?;
+    let bundle = Bundle::load(&a.bundle)?;
+    if bundle.process.terminal && a.console_socket.is_none() {
+        return Err(OciError::Usage(
+            "process.terminal is true: --console-socket is required".into(),
+        ));
+    }
+    if a.no_pivot {
+        return Err(OciError::Usage(
+            "--no-pivot is not supported (pivot_root is how the old root is detached)".into(),
+        ));
+    }
+    let dir = store.create(&a.id)?;
+    let mut c = Creating {
+        store,
+        id: a.id.clone(),
+        cgroup: None,
+        child: None,
+        done: false,
+    };
+    let mut saved = Saved {
+        id: a.id.clone(),
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: now_rfc3339(),
+        annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+        hooks: bundle.spec.hooks().clone(),
+        // SAFETY: geteuid cannot fail.
+        owner: unsafe { libc::geteuid() },
+        ..Default::default()
+    };
+    store.save(&saved)?;
+    let fifo = dir.join(FIFO);
+    let cpath = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
+        .map_err(|_| OciError::Usage("bad state path".into()))?;
+    // SAFETY: valid C string.
+    if unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) } != 0 {
+        return Err(OciError::io(
+            format!("mkfifo {}", fifo.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: valid C string; O_RDWR on a fifo never blocks.
+    let fifo_fd = unsafe { libc::open(cpath.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fifo_fd < 0 {
+        return Err(OciError::io(
+            "open the exec fifo",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fresh fd.
+    let fifo_fd = unsafe { OwnedFd::from_raw_fd(fifo_fd) };
+    c.cgroup = make_cgroup(&a.id, &limits_of(&bundle))?;
+    saved.cgroups = c.cgroup.as_ref().map(|g| g.dirs()).unwrap_or_default();
+    store.save(&saved)?;
+    let console = match &a.console_socket {
+        Some(s) if bundle.process.terminal => Some(connect(s)?),
+        _ => None,
+    };
+    let (go_rd, go_wr) = pipe()?;
+    let (sync_rd, sync_wr) = pipe()?;
+    // SAFETY: single-threaded; the child never returns from child_main.
+    let pid = match unsafe { clone_process(bundle.clone_flags()) }
+        .map_err(|e| OciError::Container(crate::error::one_line(&e)))?
+    {
+        Forked::Child => {
+            drop(go_wr);
+            drop(sync_rd);
+            init::child_main(
+                &bundle,
+                ChildFds {
+                    go: go_rd,
+                    sync: sync_wr,
+                    fifo: fifo_fd,
+                    console,
+                    preserve: a.preserve_fds,
+                },
+            )
+        }
+        Forked::Parent(pid) => pid,
+    };
+    c.child = Some(pid);
+    drop((go_rd, sync_wr, fifo_fd, console));
+    if let Some(cg) = &c.cgroup {
+        cg.add_task(pid)
+            .map_err(|e| OciError::Container(e.to_string()))?;
+    }
+    saved.init = ProcId::of(pid);
+    store.save(&saved)?;
+    run_hooks(&saved, store, Hook::CreateRuntime)?;
+    // SAFETY: one byte from a local buffer to our pipe.
+    if unsafe { libc::write(go_wr.as_raw_fd(), b"g".as_ptr().cast(), 1) } != 1 {
+        return Err(OciError::io(
+            "start the container's process",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let mut reply = String::new();
+    let _ = std::fs::File::from(sync_rd).read_to_string(&mut reply);
+    if reply.trim_end() != "ready" {
+        let msg = reply
+            .split_once('\t')
+            .map(|(_, m)| m.trim_end().to_string())
+            .unwrap_or_else(|| "the container's process died during setup".into());
+        return Err(OciError::Container(msg));
+    }
+    if let Some(p) = &a.pid_file {
+        write_pid_file(p, pid)?;
+    }
+    c.done = true;
+    Ok(())
+}
+
+/// The pid file, written whole or not at all (a temp file renamed over).
+fn write_pid_file(p: &Path, pid: i32) -> Result<(), OciError> {
+    let tmp = p.with_extension("unionrun-tmp");
+    std::fs::write(&tmp, pid.to_string())
+        .and_then(|()| std::fs::rename(&tmp, p))
+        .map_err(|e| OciError::io(format!("write the pid file {}", p.display()), e))
+}
+
+/// `start`.
+pub fn start(store: &Store, id: &str) -> Result<(), OciError> {
+    let saved = store.load(id)?;
+    match store.status(&saved) {
+        Status::Created => {}
+        s => {
+            return Err(OciError::Usage(format!(
+                "cannot start container {id}: it is {} (only a created one can start)",
+                s.as_str()
+            )))
+        }
+    }
+    let fifo = store.dir(id).join(FIFO);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags_nonblock()
+        .open(&fifo)
+        .map_err(|e| OciError::io("open the exec fifo (is the container's process gone?)", e))?;
+    use std::io::Write;
+    (&f).write_all(b"0")
+        .map_err(|e| OciError::io("write the exec fifo", e))?;
+    drop(f);
+    let _ = std::fs::remove_file(&fifo);
+    run_hooks(&saved, store, Hook::Poststart)
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+/// The spec's state object.
+pub fn state_json(store: &Store, saved: &Saved) -> serde_json::Value {
+    let status = store.status(saved);
+    let pid = match status {
+        Status::Stopped | Status::Creating => 0,
+        _ => saved.init.map(|p| p.pid).unwrap_or(0),
+    };
+    serde_json::json!({
+        "ociVersion": OCI_VERSION,
+        "id": saved.id,
+        "pid": pid,
+        "status": status.as_str(),
+        "bundle": saved.bundle,
+        "rootfs": saved.rootfs,
+        "created": saved.created,
+        "owner": "",
+        "annotations": saved.annotations,
+    })
+}
+
+/// `state`.
+pub fn state(store: &Store, id: &str) -> Result<(), OciError> {
+    let saved = store.load(id)?;
+    let text = serde_json::to_string_pretty(&state_json(store, &saved)).unwrap_or_default();
+    println!("{text}");
+    Ok(())
+}
+
+/// A signal by name (TERM, SIGTERM) or number.
+pub fn parse_signal(s: &str) -> Result<i32, OciError> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let n = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "PIPE" => libc::SIGPIPE,
+        "ALRM" => libc::SIGALRM,
+        "TERM" => libc::SIGTERM,
+        "CHLD" => libc::SIGCHLD,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "TSTP" => libc::SIGTSTP,
+        "TTIN" => libc::SIGTTIN,
+        "TTOU" => libc::SIGTTOU,
+        "WINCH" => libc::SIGWINCH,
+        "PWR" => libc::SIGPWR,
+        "SYS" => libc::SIGSYS,
+        _ => {
+            return Err(OciError::Usage(format!(
+                "unknown signal {s:?}: use a name such as TERM or KILL, or a number"
+            )))
+        }
+    };
+    Ok(n)
+}
+
+/// `kill`.
+pub fn kill(store: &Store, a: &KillArgs) -> Result<(), OciError> {
+    let saved = store.load(&a.id)?;
+    let sig = parse_signal(&a.signal)?;
+    let status = store.status(&saved);
+    if !matches!(status, Status::Created | Status::Running) {
+        return Err(OciError::Usage(format!(
+            "cannot kill container {}: it is {}",
+            a.id,
+            status.as_str()
+        )));
+    }
+    if a.all {
+        for leaf in &saved.cgroups {
+            for p in std::fs::read_to_string(leaf.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+            {
+                // SAFETY: plain kill of a task in the container's own cgroup.
+                unsafe { libc::kill(p, sig) };
+            }
+        }
+    }
+    if let Some(p) = saved.init {
+        p.signal(sig);
+    }
+    Ok(())
+}
+
+/// Waits until a process we cannot wait(2) for is gone.
+fn wait_gone(p: ProcId, timeout: Duration) -> bool {
+    let t = Instant::now();
+    while p.alive() {
+        if t.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// `delete`.
+pub fn delete(store: &Store, a: &DeleteArgs) -> Result<(), OciError> {
+    let saved = match store.load(&a.id) {
+        Ok(s) => s,
+        Err(OciError::NotFound(_)) if a.force => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let status = store.status(&saved);
+    if status == Status::Running && !a.force {
+        return Err(OciError::Usage(format!(
+            "cannot delete container {}: it is running (stop it first, or use --force)",
+            a.id
+        )));
+    }
+    if let Some(p) = saved.init {
+        p.signal(libc::SIGKILL);
+        if !wait_gone(p, Duration::from_secs(10)) {
+            return Err(OciError::Usage(format!(
+                "container {}'s process {} does not die",
+                a.id, p.pid
+            )));
+        }
+    }
+    cgroups::sweep(&saved.cgroups).map_err(|e| OciError::Container(e.to_string()))?;
+    let hooks = run_hooks(&saved, store, Hook::Poststop);
+    store.remove(&a.id);
+    if let Err(e) = hooks {
+        tracing::warn!("{e}");
+    }
+    Ok(())
+}
+
+/// `list`.
+pub fn list(store: &Store, a: &ListArgs) -> Result<(), OciError> {
+    let all: Vec<Saved> = store
+        .ids()
+        .iter()
+        .filter_map(|i| store.load(i).ok())
+        .collect();
+    if a.quiet {
+        for s in &all {
+            println!("{}", s.id);
+        }
+        return Ok(());
+    }
+    match a.format.as_str() {
+        "json" => {
+            let v: Vec<serde_json::Value> = all.iter().map(|s| state_json(store, s)).collect();
+            println!("{}", serde_json::Value::Array(v));
+        }
+        "table" => {
+            println!(
+                "{:<20} {:<8} {:<10} {:<40} CREATED",
+                "ID", "PID", "STATUS", "BUNDLE"
+            );
+            for s in &all {
+                let j = state_json(store, s);
+                println!(
+                    "{:<20} {:<8} {:<10} {:<40} {}",
+                    s.id,
+                    j["pid"],
+                    store.status(s).as_str(),
+                    s.bundle.display(),
+                    s.created
+                );
+            }
+        }
+        f => {
+            return Err(OciError::Usage(format!(
+                "unknown --format {f:?}: use table or json"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// `spec`: a default config.json (runc's), refusing to overwrite one.
+pub fn spec(a: &SpecArgs) -> Result<(), OciError> {
+    let path = a.bundle.join("config.json");
+    if path.exists() {
+        return Err(OciError::Usage(format!(
+            "{} already exists: remove it first",
+            path.display()
+        )));
+    }
+    let mut s = if a.rootless {
+        // SAFETY: getuid/getgid cannot fail.
+        oci_spec::runtime::Spec::rootless(unsafe { libc::getuid() }, unsafe { libc::getgid() })
+    } else {
+        oci_spec::runtime::Spec::default()
+    };
+    s.set_hostname(Some("unionrun".into()));
+    let text = serde_json::to_string_pretty(&s).unwrap_or_default();
+    std::fs::write(&path, text).map_err(|e| OciError::io(format!("write {}", path.display()), e))
+}
+
+/// `features`: what this runtime implements (runtime-spec features.md).
+pub fn features() -> serde_json::Value {
+    let caps: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": OCI_VERSION,
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": ["async", "bind", "defaults", "dev", "dirsync", "exec", "mand", "noatime",
+            "nodev", "nodiratime", "noexec", "nomand", "nosuid", "private", "rbind", "relatime",
+            "ro", "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave",
+            "strictatime", "suid", "sync", "unbindable"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "capabilities": caps,
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {"enabled": false},
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+        },
+        "annotations": {
+            "io.github.unionrun.version": env!("CARGO_PKG_VERSION"),
+        },
+    })
+}
+
+/// Which hooks.
+#[derive(Clone, Copy, Debug)]
+pub enum Hook {
+    /// prestart + createRuntime: after the namespaces exist, before the setup goes on.
+    CreateRuntime,
+    /// After start.
+    Poststart,
+    /// After delete.
+    Poststop,
+}
+
+/// Runs hooks with the state on stdin; one failing fails the step (poststop: reported).
+fn run_hooks(saved: &Saved, store: &Store, which: Hook) -> Result<(), OciError> {
+    let Some(h) = &saved.hooks else { return Ok(()) };
+    #[allow(deprecated)]
+    let list: Vec<oci_spec::runtime::Hook> = match which {
+        Hook::CreateRuntime => h
+            .prestart()
+            .iter()
+            .flatten()
+            .chain(h.create_runtime().iter().flatten())
+            .cloned()
+            .collect(),
+        Hook::Poststart => h.poststart().clone().unwrap_or_default(),
+        Hook::Poststop => h.poststop().clone().unwrap_or_default(),
+    };
+    let state = state_json(store, saved).to_string();
+    for hook in list {
+        run_hook(&hook, &state).map_err(|e| {
+            OciError::Container(format!("{which:?} hook {}: {e}", hook.path().display()))
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs one hook: args[0] as argv0, env exactly as given, the state on stdin.
+pub fn run_hook(hook: &oci_spec::runtime::Hook, state: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let args = hook.args().clone().unwrap_or_default();
+    let mut cmd = std::process::Command::new(hook.path());
+    if let Some((a0, rest)) = args.split_first() {
+        cmd.arg0(a0).args(rest);
+    }
+    cmd.env_clear();
+    for kv in hook.env().iter().flatten() {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    cmd.stdin(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(state.as_bytes());
+    }
+    let limit = hook
+        .timeout()
+        .filter(|&t| t > 0)
+        .map(|t| Duration::from_secs(t as u64));
+    let t = Instant::now();
+    loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(st) if st.success() => return Ok(()),
+            Some(st) => return Err(format!("exited with {st}")),
+            None if limit.is_some_and(|l| t.elapsed() > l) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("timed out".into());
+            }
+            None => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// The namespaces of a running process, in the order `exec` joins them.
+const EXEC_NAMESPACES: [(&str, i32); 5] = [
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("net", libc::CLONE_NEWNET),
+    ("cgroup", libc::CLONE_NEWCGROUP),
+    ("mnt", libc::CLONE_NEWNS),
+];
+
+fn same_ns(pid: i32, name: &str) -> bool {
+    let a = std::fs::metadata(format!("/proc/self/ns/{name}"));
+    let b = std::fs::metadata(format!("/proc/{pid}/ns/{name}"));
+    use std::os::unix::fs::MetadataExt;
+    matches!((a, b), (Ok(a), Ok(b)) if a.ino() == b.ino())
+}
+
+/// The process `exec` runs: process.json, or the config's process with the command line.
+fn exec_process(saved: &Saved, a: &ExecArgs) -> Result<ProcessPlan, OciError> {
+    if let Some(p) = &a.process {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| OciError::Config(format!("cannot read {}: {e}", p.display())))?;
+        let proc: oci_spec::runtime::Process = serde_json::from_str(&text).map_err(|e| {
+            OciError::Config(format!("{} is not a valid OCI process: {e}", p.display()))
+        })?;
+        return ProcessPlan::from_oci(&proc);
+    }
+    if a.command.is_empty() {
+        return Err(OciError::Usage(
+            "exec needs a command, or --process FILE".into(),
+        ));
+    }
+    let bundle = Bundle::load(&saved.bundle)?;
+    let mut proc = bundle
+        .spec
+        .process()
+        .clone()
+        .ok_or_else(|| OciError::Config("the container's config has no process".into()))?;
+    proc.set_args(Some(a.command.clone()));
+    proc.set_terminal(Some(a.tty));
+    let mut env = proc.env().clone().unwrap_or_default();
+    env.extend(a.env.iter().cloned());
+    proc.set_env(Some(env));
+    if let Some(c) = &a.cwd {
+        proc.set_cwd(c.clone());
+    }
+    if let Some(u) = &a.user {
+        let (uid, gid) = match u.split_once(':') {
+            Some((u, g)) => (u.parse().ok(), g.parse().ok()),
+            None => (u.parse().ok(), Some(0)),
+        };
+        let (Some(uid), Some(gid)) = (uid, gid) else {
+            return Err(OciError::Usage(format!(
+                "bad --user {u:?}: expected UID[:GID]"
+            )));
+        };
+        proc.user_mut().set_uid(uid);
+        proc.user_mut().set_gid(gid);
+    }
+    if !a.additional_gids.is_empty() {
+        proc.user_mut()
+            .set_additional_gids(Some(a.additional_gids.clone()));
+    }
+    if a.no_new_privs {
+        proc.set_no_new_privileges(Some(true));
+    }
+    let mut plan = ProcessPlan::from_oci(&proc)?;
+    for c in &a.cap {
+        let cap: caps::Capability = c
+            .parse()
+            .map_err(|_| OciError::Usage(format!("unknown capability {c:?}")))?;
+        for set in [
+            &mut plan.caps.bounding,
+            &mut plan.caps.effective,
+            &mut plan.caps.permitted,
+        ] {
+            set.insert(cap);
+        }
+    }
+    Ok(plan)
+}
+
+/// `exec`: a new process in a running container. Returns its exit code (0 with
+/// --detach, once it has exec'd).
+pub fn exec(store: &Store, a: &ExecArgs) -> Result<i32, OciError> {
+    let saved = store.load(&a.id)?;
+    if store.status(&saved) != Status::Running {
+        return Err(OciError::Usage(format!(
+            "cannot exec in container {}: it is {}",
+            a.id,
+            store.status(&saved).as_str()
+        )));
+    }
+    let init_pid = saved.init.map(|p| p.pid).unwrap_or(0);
+    let mut plan = exec_process(&saved, a)?;
+    plan.terminal |= a.tty;
+    if plan.terminal && a.console_socket.is_none() && a.detach {
+        return Err(OciError::Usage(
+            "a terminal with --detach needs --console-socket".into(),
+        ));
+    }
+    let console = match &a.console_socket {
+        Some(s) if plan.terminal => Some(connect(s)?),
+        _ => None,
+    };
+    // Namespace fds opened before any setns (the /proc paths are ours).
+    let mut ns_fds = Vec::new();
+    for (name, flag) in EXEC_NAMESPACES {
+        if !same_ns(init_pid, name) {
+            let f = std::fs::File::open(format!("/proc/{init_pid}/ns/{name}"))
+                .map_err(|e| OciError::io(format!("open the container's {name} namespace"), e))?;
+            ns_fds.push((f, flag));
+        }
+    }
+    // The pid namespace is joined here: it applies to the children we fork.
+    if !same_ns(init_pid, "pid") {
+        let f = std::fs::File::open(format!("/proc/{init_pid}/ns/pid"))
+            .map_err(|e| OciError::io("open the container's pid namespace", e))?;
+        // SAFETY: plain setns on an fd we own.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+            return Err(OciError::io(
+                "join the container's pid namespace",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    let (err_rd, err_wr) = pipe()?;
+    // SAFETY: single-threaded; the child only makes plain syscalls and execs or _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(OciError::io("fork", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(err_rd);
+        let f = exec_child(&saved, &plan, &ns_fds, console.as_ref(), a.preserve_fds);
+        let line = format!("{}\t{}\n", f.0, f.1.replace('\n', " "));
+        // SAFETY: writing to our pipe, then leaving without destructors.
+        unsafe {
+            libc::write(err_wr.as_raw_fd(), line.as_ptr().cast(), line.len());
+            libc::_exit(f.0)
+        }
+    }
+    drop(err_wr);
+    drop(console);
+    let mut msg = String::new();
+    let _ = std::fs::File::from(err_rd).read_to_string(&mut msg);
+    if let Some((_, m)) = msg.split_once('\t') {
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        return Err(OciError::Container(m.trim_end().to_string()));
+    }
+    if let Some(p) = &a.pid_file {
+        write_pid_file(p, pid)?;
+    }
+    if a.detach {
+        return Ok(0);
+    }
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    Ok(crate::init::exit_code(st))
+}
+
+fn exec_child(
+    saved: &Saved,
+    plan: &ProcessPlan,
+    ns: &[(std::fs::File, i32)],
+    console: Option<&OwnedFd>,
+    preserve: u32,
+) -> crate::container::Failure {
+    let fail = |m: String| (crate::error::EXIT_RUNNER, m);
+    for leaf in &saved.cgroups {
+        // The leaf of each hierarchy (its parent, the shared `unionrun` level, has none).
+        if leaf.join("cgroup.procs").exists()
+            && leaf.file_name().is_some_and(|n| n == saved.id.as_str())
+        {
+            if let Err(e) = std::fs::write(leaf.join("cgroup.procs"), "0") {
+                return fail(format!(
+                    "join the container's cgroup {}: {e}",
+                    leaf.display()
+                ));
+            }
+        }
+    }
+    for (f, flag) in ns {
+        // SAFETY: plain setns on an fd we own.
+        if unsafe { libc::setns(f.as_raw_fd(), *flag) } != 0 {
+            return fail(format!(
+                "join a namespace of the container: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if let Err(e) = std::env::set_current_dir(&plan.cwd) {
+        return fail(format!("chdir {}: {e}", plan.cwd.display()));
+    }
+    if let Some(c) = console {
+        if let Err(f) = init_console(c) {
+            return f;
+        }
+    }
+    if let Err(f) = init::limits(plan) {
+        return f;
+    }
+    init::become_process(plan, &crate::sys::Linux, preserve)
+}
+
+fn init_console(c: &OwnedFd) -> Result<(), crate::container::Failure> {
+    init::console(c)
+}
+
+/// The state root the OCI commands use: `--root`, else the runner's default.
+pub fn store_root(root: Option<PathBuf>) -> PathBuf {
+    root.unwrap_or_else(crate::cli::default_state_root)
+}
