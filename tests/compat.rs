@@ -209,6 +209,16 @@ impl Drop for Podman {
                 "-rf",
                 self.t.join("storage").to_str().unwrap(),
             ]);
+            // Rootless podman leaves a pause process holding its user namespace; this
+            // one is ours (its pid file is in our XDG_RUNTIME_DIR).
+            for pid in ["tmp/pause.pid", "xdg/libpod/tmp/pause.pid"]
+                .iter()
+                .filter_map(|f| fs::read_to_string(self.t.join(f)).ok())
+                .filter_map(|s| s.trim().parse::<i32>().ok())
+            {
+                // SAFETY: plain kill of the process our podman started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
         }
     }
 }
