@@ -28,14 +28,18 @@ fn have(tool: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// A private podman world in a temp tree: storage, run root, tmp dir, a busybox image.
-struct Podman {
-    t: TempTree,
+pub(crate) struct Podman {
+    pub(crate) t: TempTree,
     /// Runs podman as this user (None: root).
     user: Option<&'static str>,
     bin: PathBuf,
+    /// The OCI runtime podman calls.
+    runtime: PathBuf,
+    /// overlay with our unionfs as mount_program (else vfs).
+    mount_program: bool,
 }
 
-const ULIMITS: &[&str] = &[
+pub(crate) const ULIMITS: &[&str] = &[
     "--ulimit",
     "nofile=1024:1024",
     "--ulimit",
@@ -44,6 +48,15 @@ const ULIMITS: &[&str] = &[
 
 impl Podman {
     fn new(user: Option<&'static str>) -> Option<Podman> {
+        Podman::with(user, PathBuf::from("runc"), true)
+    }
+
+    /// A podman world calling `runtime`, with overlay+unionfs storage or vfs.
+    pub(crate) fn with(
+        user: Option<&'static str>,
+        runtime: PathBuf,
+        mount_program: bool,
+    ) -> Option<Podman> {
         if !require(
             have("podman") && have("runc"),
             "needs podman and runc (scripts/test.sh installs podman runc uidmap slirp4netns)",
@@ -58,7 +71,10 @@ impl Podman {
         fs::create_dir_all(rootfs.join("tmp")).unwrap();
         fs::create_dir_all(rootfs.join("etc")).unwrap();
         fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy /bin/busybox");
-        for c in ["sh", "cat", "ls", "echo", "rm", "mkdir", "id"] {
+        for c in [
+            "sh", "cat", "ls", "echo", "rm", "mkdir", "id", "sleep", "true", "tty", "hostname",
+            "head", "grep",
+        ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(c)).unwrap();
         }
         run_ok(
@@ -79,7 +95,13 @@ impl Podman {
             )
             .unwrap();
         }
-        let p = Podman { t, user, bin };
+        let p = Podman {
+            t,
+            user,
+            bin,
+            runtime,
+            mount_program,
+        };
         let out = p.podman(&[
             "import",
             p.t.join("bb.tar").to_str().unwrap(),
@@ -89,7 +111,8 @@ impl Podman {
         Some(p)
     }
 
-    fn podman(&self, args: &[&str]) -> Outcome {
+    /// The podman command line for this world.
+    pub(crate) fn podman_command(&self, args: &[&str]) -> Command {
         let d = self.t.path();
         let mut c = match self.user {
             Some(u) => {
@@ -107,31 +130,37 @@ impl Podman {
             .arg(d.join("run"))
             .arg("--tmpdir")
             .arg(d.join("tmp"))
-            .args(["--storage-driver", "overlay"])
-            .arg("--storage-opt")
-            .arg(format!("overlay.mount_program={}", self.bin.display()))
-            .args([
-                "--runtime",
-                "runc",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ])
+            .args(if self.mount_program {
+                vec![
+                    "--storage-driver".to_string(),
+                    "overlay".into(),
+                    "--storage-opt".into(),
+                    format!("overlay.mount_program={}", self.bin.display()),
+                ]
+            } else {
+                vec!["--storage-driver".to_string(), "vfs".into()]
+            })
+            .arg("--runtime")
+            .arg(&self.runtime)
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
             .args(args)
             .current_dir(d);
-        run_timeout(&mut c, Duration::from_secs(180))
+        c
+    }
+
+    pub(crate) fn podman(&self, args: &[&str]) -> Outcome {
+        run_timeout(&mut self.podman_command(args), Duration::from_secs(180))
     }
 
     #[track_caller]
-    fn ok(&self, args: &[&str]) -> Outcome {
+    pub(crate) fn ok(&self, args: &[&str]) -> Outcome {
         let out = self.podman(args);
         assert!(out.success(), "podman failed:\n{out}");
         out
     }
 
     /// Our daemons for this storage still alive (by the binary's private path).
-    fn daemons(&self) -> Vec<String> {
+    pub(crate) fn daemons(&self) -> Vec<String> {
         let out = sh(&format!(
             "ps -eo stat=,args= | grep -v '^Z' | grep -F '{}' | grep -v grep || true",
             self.bin.display()
@@ -139,7 +168,7 @@ impl Podman {
         out.stdout.lines().map(str::to_string).collect()
     }
 
-    fn our_mounts(&self) -> Vec<MountInfo> {
+    pub(crate) fn our_mounts(&self) -> Vec<MountInfo> {
         let root = self.t.path().to_path_buf();
         mounts()
             .into_iter()
@@ -147,7 +176,7 @@ impl Podman {
             .collect()
     }
 
-    fn round_trip(&self) {
+    pub(crate) fn round_trip(&self) {
         let run = |args: &[&str]| {
             let mut v = vec!["run", "--network", "none"];
             v.extend_from_slice(ULIMITS);

@@ -290,7 +290,7 @@ fn exec_joins_the_container_and_returns_the_exit_code() {
 }
 
 /// The memory and pids limits the container's cgroup holds (v1 or v2 names).
-fn cgroup_limits(pid: i32) -> (String, String) {
+pub(crate) fn cgroup_limits(pid: i32) -> (String, String) {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     let mut mem = String::new();
     let mut pids = String::new();
@@ -334,6 +334,27 @@ fn resources_limit_the_container_and_go_with_it() {
     // A created container is deleted without --force (runc does so too).
     let out = o.run(&["delete", &o.id]);
     assert!(out.success(), "{out}");
+    o.assert_gone();
+
+    // linux.cgroupsPath: made with its missing ancestors, and all of it goes.
+    let top = format!("unionrun-test-{}", std::process::id());
+    o.config(|v| v["linux"]["cgroupsPath"] = json!(format!("/{top}/ctr")));
+    let out = o.create();
+    assert!(out.success(), "{out}");
+    let pid = pid_of(&o.state());
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cg.contains(&format!("/{top}/ctr")), "{cg}");
+    assert_eq!(cgroup_limits(pid), ("67108864".into(), "20".into()));
+    assert!(o.run(&["delete", "--force", &o.id]).success());
+    let left = Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "3", "-name", &top])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
     o.assert_gone();
 }
 
@@ -527,4 +548,53 @@ fn features_and_version_describe_the_runtime() {
         .contains(&json!("CAP_SYS_ADMIN")));
     let out = run_ok(Command::new(unionrun_bin()).arg("--version"));
     assert!(out.stdout.contains("spec: 1."), "{out}");
+}
+
+#[test]
+fn a_runtime_killed_during_create_leaves_nothing_after_delete() {
+    let Some(o) = Oci::new("killed") else { return };
+    o.script("sleep 30");
+    let hook_pid = o.t.join("hook.pid");
+    o.config(|v| {
+        v["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c",
+            format!("echo $$ > {}; exec sleep 30", hook_pid.display())]}]});
+        v["linux"]["resources"] = json!({"pids": {"limit": 50}});
+    });
+    let mut create = o.cmd(&["create", "--bundle", o.bundle.to_str().unwrap(), &o.id]);
+    let mut child = create
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let hook_started = wait_until(Duration::from_secs(20), || {
+        fs::read_to_string(&hook_pid).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
+    });
+    let st = o.state();
+    // SAFETY: killing our own child, then the hook process it started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    if let Some(h) = fs::read_to_string(&hook_pid)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        unsafe { libc::kill(h, libc::SIGKILL) };
+    }
+    assert!(hook_started, "the hook never ran");
+    let pid = pid_of(&st);
+    assert!(pid > 0, "{st}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists()
+            || fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z"))),
+        "the container's process outlived its runtime"
+    );
+    assert_eq!(o.status(), "stopped");
+    assert!(!cgroup_leaves(&o.id).is_empty(), "the cgroup was made");
+    let out = o.run(&["delete", &o.id]);
+    assert!(out.success(), "{out}");
+    o.assert_gone();
 }

@@ -12,6 +12,7 @@ mod memory;
 mod metacopy;
 mod mount;
 mod oci;
+mod oci_podman;
 mod offline;
 mod oracle;
 mod passthrough;

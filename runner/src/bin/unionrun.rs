@@ -30,7 +30,11 @@ fn main() {
     let oci_root = || runner::oci::lifecycle::store_root(args.root.clone());
     let oci = |r: Result<(), runner::oci::OciError>| oci_report(&args.oci, r.map(|()| 0));
     let code = match &args.command {
-        Command::Create(a) => oci(lifecycle::create(&Store::new(&oci_root()), a)),
+        Command::Create(a) => oci(lifecycle::create(
+            &Store::new(&oci_root()),
+            a,
+            args.oci.systemd_cgroup,
+        )),
         Command::Start(a) => oci(lifecycle::start(&Store::new(&oci_root()), &a.id)),
         Command::State(a) => oci(lifecycle::state(&Store::new(&oci_root()), &a.id)),
         Command::Kill(a) => oci(lifecycle::kill(&Store::new(&oci_root()), a)),

@@ -285,6 +285,58 @@ pub fn for_root(root: &Path, own: &OwnCgroups, id: &str) -> Result<Box<dyn Cgrou
     }
 }
 
+/// The cgroup at an exact path below the hierarchy roots (an OCI cgroupsPath): made
+/// with its missing ancestors, which go with it.
+pub fn for_path(root: &Path, rel: &Path) -> Result<Box<dyn Cgroups>, CgroupError> {
+    match detect(root) {
+        Layout::Unified => Ok(Box::new(v2::V2::at(root, rel))),
+        Layout::Hybrid | Layout::Legacy => Ok(Box::new(v1::V1::at(root, rel))),
+        Layout::None => Err(CgroupError::Unavailable(format!(
+            "no cgroup filesystem found at {}",
+            root.display()
+        ))),
+    }
+}
+
+/// The ancestors of `dir` that do not exist yet, outermost first.
+pub(crate) fn missing_ancestors(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = dir
+        .ancestors()
+        .skip(1)
+        .take_while(|a| !a.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    v.reverse();
+    v
+}
+
+/// Removes cgroup directories an OCI container recorded (leaf first, then the ancestors
+/// its `create` made): kills what is inside, then rmdir; an ancestor still in use stays.
+pub fn remove_recorded(dirs: &[PathBuf]) -> Result<(), CgroupError> {
+    let mut first_err = None;
+    for (i, d) in dirs.iter().enumerate() {
+        if !d.is_dir() {
+            continue;
+        }
+        if let Err(e) = kill_listed(&d.join("cgroup.procs")) {
+            first_err.get_or_insert(e);
+        }
+        let kill = d.join("cgroup.kill");
+        if kill.exists() {
+            let _ = write(&kill, "1");
+        }
+        match remove_dir(d) {
+            Ok(()) => {}
+            // Only a leaf must go; an ancestor others use now stays.
+            Err(e) if i == 0 || d.file_name() == dirs[0].file_name() => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {}
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
 /// Creates the container's cgroup and applies the limits (nothing is left behind on
 /// failure).
 pub fn setup(root: &Path, id: &str, limits: &Limits) -> Result<Box<dyn Cgroups>, CgroupError> {

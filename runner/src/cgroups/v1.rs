@@ -17,6 +17,9 @@ pub struct V1 {
     /// (controller, leaf dir) for each mounted controller.
     leaves: Vec<(&'static str, PathBuf)>,
     created: Vec<PathBuf>,
+    /// An exact path (OCI cgroupsPath): no shared `unionrun` level; the ancestors
+    /// `create` had to make, outermost first, go with the leaves.
+    exact: Option<Vec<PathBuf>>,
 }
 
 impl V1 {
@@ -33,6 +36,22 @@ impl V1 {
         V1 {
             leaves,
             created: Vec::new(),
+            exact: None,
+        }
+    }
+
+    /// The cgroup at `rel` below each mounted hierarchy's root (an OCI cgroupsPath).
+    pub fn at(root: &Path, rel: &Path) -> V1 {
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        let leaves = V1_CONTROLLERS
+            .iter()
+            .filter(|c| root.join(c).join("tasks").is_file())
+            .map(|c| (*c, root.join(c).join(rel)))
+            .collect();
+        V1 {
+            leaves,
+            created: Vec::new(),
+            exact: Some(Vec::new()),
         }
     }
 
@@ -90,6 +109,9 @@ impl Cgroups for V1 {
             if self.created.contains(leaf) {
                 continue;
             }
+            if let Some(made) = &mut self.exact {
+                made.extend(super::missing_ancestors(leaf));
+            }
             create_dir(leaf)?;
             self.created.push(leaf.clone());
         }
@@ -143,15 +165,24 @@ impl Cgroups for V1 {
                 first_err.get_or_insert(e);
                 continue;
             }
-            if let Some(p) = leaf.parent() {
-                remove_shared_parent(p);
+            if self.exact.is_none() {
+                if let Some(p) = leaf.parent() {
+                    remove_shared_parent(p);
+                }
             }
+        }
+        for d in self.exact.iter_mut().flat_map(|m| m.drain(..).rev()) {
+            remove_shared_parent(&d);
         }
         first_err.map_or(Ok(()), Err)
     }
 
     fn dirs(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = self.leaves.iter().map(|(_, p)| p.clone()).collect();
+        if let Some(made) = &self.exact {
+            v.extend(made.iter().rev().cloned());
+            return v;
+        }
         v.extend(
             self.leaves
                 .iter()
@@ -227,5 +258,34 @@ mod tests {
         cg.remove().unwrap();
         assert!(!t.path().join("memory/me/unionrun").exists());
         assert!(t.path().join("memory/me").is_dir());
+    }
+
+    #[test]
+    fn an_exact_path_takes_its_missing_ancestors_along() {
+        let (t, _) = tree();
+        let mut cg = V1::at(t.path(), Path::new("/me/pod/ctr"));
+        cg.create().unwrap();
+        cg.apply(&Limits {
+            memory: Some(1 << 20),
+            ..Default::default()
+        })
+        .unwrap();
+        let leaf = t.path().join("memory/me/pod/ctr");
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("memory.limit_in_bytes")).unwrap(),
+            "1048576"
+        );
+        let dirs = cg.dirs();
+        assert_eq!(
+            dirs.len(),
+            6,
+            "three leaves, three made ancestors: {dirs:?}"
+        );
+        assert!(dirs.contains(&t.path().join("memory/me/pod")));
+        // (A fake tree keeps written files; the kernel's has none to remove.)
+        std::fs::remove_file(leaf.join("memory.limit_in_bytes")).unwrap();
+        cg.remove().unwrap();
+        assert!(!t.path().join("memory/me/pod").exists());
+        assert!(t.path().join("memory/me").is_dir(), "what existed stays");
     }
 }

@@ -21,6 +21,9 @@ pub struct V2 {
     base: PathBuf,
     leaf: PathBuf,
     created: Vec<PathBuf>,
+    /// An exact path (OCI cgroupsPath): the ancestors `create` had to make, outermost
+    /// first; no shared `unionrun` level.
+    exact: Option<Vec<PathBuf>>,
 }
 
 impl V2 {
@@ -32,7 +35,34 @@ impl V2 {
             leaf: base.join("unionrun").join(id),
             base,
             created: Vec::new(),
+            exact: None,
         }
+    }
+
+    /// The cgroup at `rel` below the root (an OCI cgroupsPath).
+    pub fn at(root: &Path, rel: &Path) -> V2 {
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        V2 {
+            root: root.to_path_buf(),
+            leaf: root.join(rel),
+            base: root.to_path_buf(),
+            created: Vec::new(),
+            exact: Some(Vec::new()),
+        }
+    }
+
+    /// The directories between the base and the leaf whose subtree_control must list
+    /// the controllers, outermost first.
+    fn levels(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self
+            .leaf
+            .ancestors()
+            .skip(1)
+            .take_while(|a| a.starts_with(&self.base))
+            .map(Path::to_path_buf)
+            .collect();
+        v.reverse();
+        v
     }
 
     /// The controllers the limits need.
@@ -96,10 +126,14 @@ impl Cgroups for V2 {
                 self.base.display()
             )));
         }
-        let shared = self.base.join("unionrun");
-        if !shared.is_dir() {
-            create_dir(&shared)?;
-            self.created.push(shared.clone());
+        if let Some(made) = &mut self.exact {
+            made.extend(super::missing_ancestors(&self.leaf));
+        } else {
+            let shared = self.base.join("unionrun");
+            if !shared.is_dir() {
+                create_dir(&shared)?;
+                self.created.push(shared.clone());
+            }
         }
         create_dir(&self.leaf)?;
         self.created.insert(0, self.leaf.clone());
@@ -123,8 +157,9 @@ impl Cgroups for V2 {
                 avail.trim()
             )));
         }
-        V2::enable(&self.base, &need)?;
-        V2::enable(&self.base.join("unionrun"), &need)?;
+        for level in self.levels() {
+            V2::enable(&level, &need)?;
+        }
         if let Some(m) = limits.memory {
             memory(&self.leaf, m)?;
         }
@@ -160,12 +195,24 @@ impl Cgroups for V2 {
         }
         remove_dir(&self.leaf)?;
         self.created.clear();
-        remove_shared_parent(&self.base.join("unionrun"));
+        match &mut self.exact {
+            Some(made) => {
+                for d in made.drain(..).rev() {
+                    remove_shared_parent(&d);
+                }
+            }
+            None => remove_shared_parent(&self.base.join("unionrun")),
+        }
         Ok(())
     }
 
     fn dirs(&self) -> Vec<PathBuf> {
-        vec![self.leaf.clone(), self.base.join("unionrun")]
+        match &self.exact {
+            Some(made) => std::iter::once(self.leaf.clone())
+                .chain(made.iter().rev().cloned())
+                .collect(),
+            None => vec![self.leaf.clone(), self.base.join("unionrun")],
+        }
     }
 }
 
@@ -254,5 +301,30 @@ mod tests {
         cg.apply(&Limits::default()).unwrap();
         cg.remove().unwrap();
         assert!(!t.path().join("unionrun").exists());
+    }
+
+    #[test]
+    fn an_exact_path_enables_controllers_on_every_level_and_goes_whole() {
+        let t = tempfile::tempdir().unwrap();
+        fake::v2_root(t.path(), "cpu memory pids");
+        let mut cg = V2::at(t.path(), Path::new("/pod/ctr"));
+        cg.create().unwrap();
+        cg.apply(&Limits {
+            pids: Some(5),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(r(&t.path().join("cgroup.subtree_control")), "+pids");
+        assert_eq!(r(&t.path().join("pod/cgroup.subtree_control")), "+pids");
+        assert_eq!(r(&t.path().join("pod/ctr/pids.max")), "5");
+        assert_eq!(
+            cg.dirs(),
+            vec![t.path().join("pod/ctr"), t.path().join("pod")]
+        );
+        // (A fake tree keeps written files; the kernel's has none to remove.)
+        std::fs::remove_file(t.path().join("pod/ctr/pids.max")).unwrap();
+        std::fs::remove_file(t.path().join("pod/cgroup.subtree_control")).unwrap();
+        cg.remove().unwrap();
+        assert!(!t.path().join("pod").exists());
     }
 }

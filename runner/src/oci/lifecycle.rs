@@ -71,10 +71,56 @@ fn limits_of(b: &Bundle) -> Limits {
     Limits { memory, cpus, pids }
 }
 
-/// The container's cgroup: `<own cgroup>/unionrun/<id>` in each hierarchy.
-fn make_cgroup(id: &str, limits: &Limits) -> Result<Option<Box<dyn Cgroups>>, OciError> {
+/// Where the container's cgroup goes: linux.cgroupsPath (absolute: below the hierarchy
+/// roots; relative: below our own cgroup; `slice:prefix:name` with --systemd-cgroup: the
+/// cgroupfs path systemd would use, `slice/prefix-name.scope`), else
+/// `<own cgroup>/unionrun/<id>` as for `unionrun run`.
+pub fn cgroup_path(b: &Bundle, systemd: bool) -> Option<PathBuf> {
+    let p = b.spec.linux().as_ref()?.cgroups_path().clone()?;
+    let s = p.to_string_lossy().into_owned();
+    if s.is_empty() {
+        return None;
+    }
+    if systemd {
+        if let [slice, prefix, name] = s.split(':').collect::<Vec<_>>()[..] {
+            let slice = if slice.is_empty() {
+                "system.slice"
+            } else {
+                slice
+            };
+            let unit = if name.ends_with(".slice") || name.ends_with(".scope") {
+                name.to_string()
+            } else {
+                format!("{prefix}-{name}.scope")
+            };
+            return Some(Path::new("/").join(slice).join(unit));
+        }
+    }
+    if p.is_absolute() {
+        return Some(p);
+    }
+    let own = OwnCgroups::current();
+    let base = own
+        .v2
+        .clone()
+        .or_else(|| own.v1_path("memory").map(str::to_string))
+        .unwrap_or_else(|| "/".into());
+    Some(Path::new(&base).join(p))
+}
+
+/// The container's cgroup with its limits (none at all if no limit is asked for and no
+/// cgroup can be made: a warning).
+fn make_cgroup(
+    id: &str,
+    at: Option<&Path>,
+    limits: &Limits,
+) -> Result<Option<Box<dyn Cgroups>>, OciError> {
     let root = Path::new("/sys/fs/cgroup");
-    let mut cg = match cgroups::for_root(root, &OwnCgroups::current(), id) {
+    let planned = match at {
+        Some(p) => cgroups::for_path(root, p),
+        None => cgroups::for_root(root, &OwnCgroups::current(), id),
+    };
+    let mut cg = match planned {
         Ok(cg) => cg,
         Err(e) if !limits.any() => {
             tracing::warn!("no cgroup: {e}");
@@ -100,6 +146,12 @@ fn make_cgroup(id: &str, limits: &Limits) -> Result<Option<Box<dyn Cgroups>>, Oc
             }
         }
     }
+}
+
+/// The leaves among recorded cgroup dirs (they share the first one's name).
+pub fn leaves(dirs: &[PathBuf]) -> impl Iterator<Item = &PathBuf> {
+    let name = dirs.first().and_then(|d| d.file_name());
+    dirs.iter().filter(move |d| d.file_name() == name)
 }
 
 /// What `create` made so far, undone on failure (nothing half-done stays).
@@ -136,7 +188,7 @@ fn now_rfc3339() -> String {
 }
 
 /// `create`.
-pub fn create(store: &Store, a: &CreateArgs) -> Result<(), OciError> {
+pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciError> {
     super::store::check_id(&a.id)?;
     let bundle = Bundle::load(&a.bundle)?;
     if bundle.process.terminal && a.console_socket.is_none() {
@@ -189,7 +241,11 @@ pub fn create(store: &Store, a: &CreateArgs) -> Result<(), OciError> {
     }
     // SAFETY: fresh fd.
     let fifo_fd = unsafe { OwnedFd::from_raw_fd(fifo_fd) };
-    c.cgroup = make_cgroup(&a.id, &limits_of(&bundle))?;
+    c.cgroup = make_cgroup(
+        &a.id,
+        cgroup_path(&bundle, systemd).as_deref(),
+        &limits_of(&bundle),
+    )?;
     saved.cgroups = c.cgroup.as_ref().map(|g| g.dirs()).unwrap_or_default();
     store.save(&saved)?;
     let console = match &a.console_socket {
@@ -373,7 +429,7 @@ pub fn kill(store: &Store, a: &KillArgs) -> Result<(), OciError> {
         )));
     }
     if a.all {
-        for leaf in &saved.cgroups {
+        for leaf in leaves(&saved.cgroups) {
             for p in std::fs::read_to_string(leaf.join("cgroup.procs"))
                 .unwrap_or_default()
                 .lines()
@@ -425,7 +481,7 @@ pub fn delete(store: &Store, a: &DeleteArgs) -> Result<(), OciError> {
             )));
         }
     }
-    cgroups::sweep(&saved.cgroups).map_err(|e| OciError::Container(e.to_string()))?;
+    cgroups::remove_recorded(&saved.cgroups).map_err(|e| OciError::Container(e.to_string()))?;
     let hooks = run_hooks(&saved, store, Hook::Poststop);
     store.remove(&a.id);
     if let Err(e) = hooks {
@@ -767,11 +823,8 @@ fn exec_child(
     preserve: u32,
 ) -> crate::container::Failure {
     let fail = |m: String| (crate::error::EXIT_RUNNER, m);
-    for leaf in &saved.cgroups {
-        // The leaf of each hierarchy (its parent, the shared `unionrun` level, has none).
-        if leaf.join("cgroup.procs").exists()
-            && leaf.file_name().is_some_and(|n| n == saved.id.as_str())
-        {
+    for leaf in leaves(&saved.cgroups) {
+        if leaf.join("cgroup.procs").exists() {
             if let Err(e) = std::fs::write(leaf.join("cgroup.procs"), "0") {
                 return fail(format!(
                     "join the container's cgroup {}: {e}",

@@ -1,0 +1,160 @@
+//! podman calling `unionrun` as its OCI runtime (`podman --runtime .../unionrun`), the way
+//! an engine runs containers: run, exit codes, run -d + exec + stop + rm, a tty, limits,
+//! and both parts of the project at once (unionfs as the overlay mount_program, unionrun
+//! as the runtime). The podman world is compat.rs's: private storage in a temp tree,
+//! `--cgroup-manager cgroupfs`, ulimits within the hard limits.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::compat::{Podman, ULIMITS};
+use crate::oci::cgroup_limits;
+use crate::util::*;
+
+const IMAGE: &str = "localhost/uf-bb:1";
+
+fn world(mount_program: bool) -> Option<Podman> {
+    if !require_root() {
+        return None;
+    }
+    Podman::with(None, unionrun_bin(), mount_program)
+}
+
+/// `podman run --network none ULIMITS ARGS`.
+fn run(p: &Podman, args: &[&str]) -> Outcome {
+    let mut v = vec!["run", "--network", "none"];
+    v.extend_from_slice(ULIMITS);
+    v.extend_from_slice(args);
+    p.podman(&v)
+}
+
+/// Nothing of container `cid` is left: no runtime record, no cgroup.
+fn assert_nothing_left(cid: &str) {
+    assert!(
+        !Path::new("/run/unionrun").join(cid).exists(),
+        "the runtime's record of {cid} is left"
+    );
+    let out = sh(&format!(
+        "find /sys/fs/cgroup -maxdepth 4 -type d -name 'libpod-{cid}*'"
+    ));
+    assert!(out.stdout.trim().is_empty(), "cgroups left: {}", out.stdout);
+}
+
+#[test]
+fn podman_runs_execs_stops_and_removes_with_unionrun() {
+    let Some(p) = world(false) else { return };
+    let out = run(
+        &p,
+        &[
+            "--rm",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo hi-from-$(hostname); exit 3",
+        ],
+    );
+    assert_eq!(out.code(), Some(3), "the container's exit code: {out}");
+    assert!(out.stdout.contains("hi-from-"), "{out}");
+
+    let out = run(&p, &["-d", "--name", "c1", IMAGE, "sleep", "100"]);
+    assert!(out.success(), "{out}");
+    let cid = out.stdout.trim().to_string();
+    let out = p.podman(&["exec", "c1", "sh", "-c", "echo exec-ok; exit 5"]);
+    assert_eq!(out.code(), Some(5), "{out}");
+    assert!(out.stdout.contains("exec-ok"), "{out}");
+    let out = p.podman(&["exec", "c1", "no-such-command"]);
+    assert_eq!(
+        out.code(),
+        Some(127),
+        "podman's code for a missing command: {out}"
+    );
+    let state = p.ok(&["inspect", "-f", "{{.State.Status}}", "c1"]);
+    assert_eq!(state.stdout.trim(), "running");
+    p.ok(&["stop", "-t", "1", "c1"]);
+    let state = p.ok(&["inspect", "-f", "{{.State.Status}}", "c1"]);
+    assert_eq!(state.stdout.trim(), "exited");
+    p.ok(&["rm", "c1"]);
+    assert_nothing_left(&cid);
+}
+
+#[test]
+fn podman_limits_reach_the_container_cgroup() {
+    let Some(p) = world(false) else { return };
+    let out = run(
+        &p,
+        &[
+            "-d",
+            "--name",
+            "lim",
+            "--memory",
+            "64m",
+            "--pids-limit",
+            "20",
+            IMAGE,
+            "sleep",
+            "100",
+        ],
+    );
+    assert!(out.success(), "{out}");
+    let cid = out.stdout.trim().to_string();
+    let pid: i32 = p
+        .ok(&["inspect", "-f", "{{.State.Pid}}", "lim"])
+        .stdout
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(cgroup_limits(pid), ("67108864".into(), "20".into()));
+    // The pids limit holds: 30 background sleeps cannot all start.
+    let out = p.podman(&[
+        "exec",
+        "lim",
+        "sh",
+        "-c",
+        "n=0; for i in $(seq 30); do sleep 5 & n=$((n+1)); done; echo started",
+    ]);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("fork"), "{out}");
+    p.ok(&["rm", "-f", "-t", "0", "lim"]);
+    assert_nothing_left(&cid);
+}
+
+#[test]
+fn podman_it_gets_a_tty_from_unionrun() {
+    let Some(p) = world(false) else { return };
+    let log = p.t.join("typescript");
+    // podman -it needs a terminal: script(1) gives it one.
+    let mut args = vec!["run", "--rm", "-it", "--network", "none"];
+    args.extend_from_slice(ULIMITS);
+    args.extend_from_slice(&[
+        IMAGE,
+        "sh",
+        "-c",
+        "'tty; test -t 0 && echo in-a-tty; exit 4'",
+    ]);
+    let inner = format!("{} {}", cmdline(&p.podman_command(&[])), args.join(" "));
+    // (script's output must be a pipe: written to a file it stays empty here.)
+    let script = format!(
+        "script -qec {} {} | cat",
+        shell_quote(&inner),
+        log.display()
+    );
+    let out = run_timeout(
+        std::process::Command::new("bash").args(["-o", "pipefail", "-c", &script]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.code(), Some(4), "{out}");
+    let seen = out.stdout.clone();
+    assert!(seen.contains("/dev/pts/0"), "{seen}\n{out}");
+    assert!(seen.contains("in-a-tty"), "{seen}\n{out}");
+}
+
+#[test]
+fn podman_with_unionfs_storage_and_unionrun_runtime_at_once() {
+    let Some(p) = world(true) else { return };
+    p.round_trip();
+}
+
+/// `s` quoted for sh.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
