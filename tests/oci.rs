@@ -598,3 +598,77 @@ fn a_runtime_killed_during_create_leaves_nothing_after_delete() {
     assert!(out.success(), "{out}");
     o.assert_gone();
 }
+
+#[test]
+fn a_union_rootfs_from_annotations() {
+    let Some(o) = Oci::new("union") else { return };
+    let upper = o.t.mkdir("upper");
+    o.script("echo new > /tmp/x; rm /etc/motd; cat /etc/passwd > /tmp/pw; grep -c unionrun- /proc/mounts > /tmp/fuse");
+    o.config(|v| {
+        v["root"] = json!({"path": "no-such-dir", "readonly": false});
+        v["annotations"] = json!({"unionrun.lower": "rootfs", "unionrun.upper": "../upper"});
+    });
+    let out = o.create();
+    assert!(out.success(), "{out}");
+    let st = o.state();
+    let mnt = PathBuf::from(st["rootfs"].as_str().unwrap());
+    assert!(
+        mnt.starts_with(&o.state),
+        "the union is mounted in the state dir: {st}"
+    );
+    assert!(o.run(&["start", &o.id]).success());
+    assert!(wait_until(Duration::from_secs(10), || o.status() == "stopped"));
+    assert_eq!(fs::read_to_string(upper.join("tmp/x")).unwrap(), "new\n");
+    assert!(upper.join("tmp/pw").exists(), "writes land in the upper");
+    assert!(o.rootfs.join("etc/motd").exists(), "the lower is untouched");
+    assert!(!o.rootfs.join("tmp/x").exists());
+    let marks: Vec<String> = fs::read_dir(upper.join("etc"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        marks.iter().any(|n| n == "motd" || n == ".wh.motd"),
+        "the deletion is recorded in the upper: {marks:?}"
+    );
+    let rec: Value =
+        serde_json::from_str(&fs::read_to_string(o.state.join(&o.id).join("oci.json")).unwrap())
+            .unwrap();
+    let daemon = rec["daemon"]["pid"].as_i64().expect("a daemon is recorded") as i32;
+    let cmd = fs::read_to_string(format!("/proc/{daemon}/cmdline")).unwrap_or_default();
+    assert!(
+        cmd.contains("unionfs"),
+        "the union daemon serves the container: {cmd:?}"
+    );
+    assert!(o.run(&["delete", &o.id]).success());
+    assert!(
+        !mounts().iter().any(|m| m.mount_point.starts_with(&o.state)),
+        "the union is unmounted"
+    );
+    let alive =
+        fs::read_to_string(format!("/proc/{daemon}/stat")).is_ok_and(|s| !s.contains(") Z"));
+    assert!(!alive, "the union daemon {daemon} is left");
+    let work_left: Vec<_> = fs::read_dir(o.t.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("unionrun-work"))
+        .collect();
+    assert!(work_left.is_empty(), "{work_left:?}");
+    o.assert_gone();
+
+    // Without an upper: a temporary one in the state directory, gone with it.
+    o.config(|v| v["annotations"] = json!({"unionrun.lower": "rootfs"}));
+    assert!(o.create().success());
+    assert!(o.run(&["start", &o.id]).success());
+    assert!(wait_until(Duration::from_secs(10), || o.status() == "stopped"));
+    assert!(o.run(&["delete", &o.id]).success());
+    assert!(!o.rootfs.join("tmp/x").exists());
+    o.assert_gone();
+
+    // A missing lower is refused up front.
+    o.config(|v| v["annotations"] = json!({"unionrun.lower": "nope"}));
+    let out = o.create();
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("unionrun.lower"), "{out}");
+    o.assert_gone();
+}

@@ -440,9 +440,28 @@ fn sigterm_and_sigint_are_forwarded_then_cleaned_up() {
         let t0 = Instant::now();
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, sig) };
-        let st = wait_timeout(&mut child, Duration::from_secs(10)).expect("unionrun did not stop");
+        // Generous: under the whole suite's load on 2 cores the cleanup (daemon stop,
+        // cgroup removal) has taken > 10 s twice; what this test checks is that the
+        // signal arrives and the exit code says so.
+        let st = match wait_timeout(&mut child, Duration::from_secs(30)) {
+            Some(st) => st,
+            None => {
+                let ps = sh(&format!(
+                    "ps -o pid,ppid,stat,wchan:24,etime,args --ppid {0} -p {0}; ps -eo pid,ppid,stat,wchan:24,args | grep -F {1} | grep -v grep",
+                    child.id(),
+                    e.name
+                ));
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("unionrun did not stop after signal {sig}:\n{}", ps.stdout);
+            }
+        };
         assert_eq!(st.code(), Some(want), "signal {sig}");
-        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            t0.elapsed()
+        );
         e.assert_clean();
     }
 }

@@ -168,8 +168,11 @@ pub fn busybox_rootfs(t: &TempTree, rel: &str) -> Option<PathBuf> {
     for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
         t.mkdir(format!("{rel}/{d}"));
     }
-    std::fs::copy(bb.unwrap(), rootfs.join("bin/busybox")).expect("copy busybox");
-    let list = run_ok(Command::new(rootfs.join("bin/busybox")).arg("--list")).stdout;
+    let bb = bb.unwrap();
+    std::fs::copy(&bb, rootfs.join("bin/busybox")).expect("copy busybox");
+    // The host's copy lists the applets: the fresh copy may still be open for writing in
+    // a child another test thread just forked (ETXTBSY until that child execs).
+    let list = run_ok(Command::new(&bb).arg("--list")).stdout;
     for applet in list.lines().filter(|a| *a != "busybox") {
         let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
     }

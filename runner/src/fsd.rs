@@ -196,6 +196,27 @@ fn poll(fds: &mut [libc::pollfd], ms: i32) {
 impl Daemon {
     /// Starts the daemon and returns once the mount is live.
     pub fn start(bin: &Path, cfg: &UnionConfig, timeout: Duration) -> Result<Daemon, FsdError> {
+        Daemon::start_with(bin, cfg, timeout, None)
+    }
+
+    /// [`Daemon::start`] for a daemon that outlives us (OCI `create` exits while the
+    /// container runs): no parent-death signal, stderr to `log` (never our stderr, which
+    /// an engine waits on until it closes).
+    pub fn start_detached(
+        bin: &Path,
+        cfg: &UnionConfig,
+        timeout: Duration,
+        log: &Path,
+    ) -> Result<Daemon, FsdError> {
+        Daemon::start_with(bin, cfg, timeout, Some(log))
+    }
+
+    fn start_with(
+        bin: &Path,
+        cfg: &UnionConfig,
+        timeout: Duration,
+        detached_log: Option<&Path>,
+    ) -> Result<Daemon, FsdError> {
         let args = cfg.args()?;
         tracing::debug!("starting {} {}", bin.display(), args.join(" "));
         // mountinfo signals POLLPRI on every mount table change: no busy polling.
@@ -203,16 +224,29 @@ impl Daemon {
         // SAFETY: getpid cannot fail.
         let parent = unsafe { libc::getpid() };
         let mut cmd = Command::new(bin);
+        let stderr = match detached_log {
+            Some(log) => std::fs::File::create(log)
+                .map(Stdio::from)
+                .map_err(|source| FsdError::Spawn {
+                    bin: log.to_path_buf(),
+                    source,
+                })?,
+            None => Stdio::inherit(),
+        };
+        let detached = detached_log.is_some();
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 let empty: libc::sigset_t = std::mem::zeroed();
                 libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
                 libc::setsid();
+                if detached {
+                    return Ok(());
+                }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
                 if libc::getppid() != parent {
                     // The runner died before PDEATHSIG was armed.

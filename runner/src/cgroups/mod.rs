@@ -318,17 +318,20 @@ pub fn remove_recorded(dirs: &[PathBuf]) -> Result<(), CgroupError> {
         if !d.is_dir() {
             continue;
         }
+        let leaf = i == 0 || d.file_name() == dirs[0].file_name();
+        // cgroup.kill reaches every descendant: only ever on a leaf of ours, never on a
+        // shared ancestor (other containers live below it).
+        let kill = d.join("cgroup.kill");
+        if leaf && kill.exists() {
+            let _ = write(&kill, "1");
+        }
         if let Err(e) = kill_listed(&d.join("cgroup.procs")) {
             first_err.get_or_insert(e);
-        }
-        let kill = d.join("cgroup.kill");
-        if kill.exists() {
-            let _ = write(&kill, "1");
         }
         match remove_dir(d) {
             Ok(()) => {}
             // Only a leaf must go; an ancestor others use now stays.
-            Err(e) if i == 0 || d.file_name() == dirs[0].file_name() => {
+            Err(e) if leaf => {
                 first_err.get_or_insert(e);
             }
             Err(_) => {}

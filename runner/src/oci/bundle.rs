@@ -83,6 +83,52 @@ pub struct ProcessPlan {
     pub terminal: bool,
 }
 
+/// A union rootfs asked for by annotations: `unionrun.lower=DIR:DIR` (highest
+/// precedence first, relative to the bundle), `unionrun.upper=DIR` (else a temporary one
+/// in the container's state directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnionRoot {
+    /// Read-only branches, canonical.
+    pub lowers: Vec<PathBuf>,
+    /// The writable branch, canonical, if given.
+    pub upper: Option<PathBuf>,
+}
+
+/// The annotation keys.
+pub const LOWER_KEY: &str = "unionrun.lower";
+/// See [`LOWER_KEY`].
+pub const UPPER_KEY: &str = "unionrun.upper";
+
+fn union_root(spec: &Spec, dir: &Path) -> Result<Option<UnionRoot>, OciError> {
+    let ann = spec.annotations().clone().unwrap_or_default();
+    let Some(lower) = ann.get(LOWER_KEY) else {
+        if ann.contains_key(UPPER_KEY) {
+            return Err(bad(format!("{UPPER_KEY} needs {LOWER_KEY}")));
+        }
+        return Ok(None);
+    };
+    let dir_of = |s: &str, key: &str| -> Result<PathBuf, OciError> {
+        let p = dir.join(s);
+        std::fs::canonicalize(&p)
+            .ok()
+            .filter(|c| c.is_dir())
+            .ok_or_else(|| bad(format!("{key}: {} is not a directory", p.display())))
+    };
+    let lowers = lower
+        .split(':')
+        .filter(|s| !s.is_empty())
+        .map(|s| dir_of(s, LOWER_KEY))
+        .collect::<Result<Vec<_>, _>>()?;
+    if lowers.is_empty() {
+        return Err(bad(format!("{LOWER_KEY} names no directory")));
+    }
+    let upper = ann
+        .get(UPPER_KEY)
+        .map(|u| dir_of(u, UPPER_KEY))
+        .transpose()?;
+    Ok(Some(UnionRoot { lowers, upper }))
+}
+
 /// A loaded bundle.
 #[derive(Debug)]
 pub struct Bundle {
@@ -90,8 +136,10 @@ pub struct Bundle {
     pub dir: PathBuf,
     /// The whole config, as read.
     pub spec: Spec,
-    /// The rootfs (canonical).
+    /// The rootfs (canonical); for a union rootfs, its mount point once mounted.
     pub rootfs: PathBuf,
+    /// A union rootfs (annotations), mounted by `create` instead of using root.path.
+    pub union: Option<UnionRoot>,
     /// root.readonly.
     pub readonly: bool,
     /// Namespaces, in config order.
@@ -116,15 +164,21 @@ impl Bundle {
             .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
         let spec: Spec = serde_json::from_str(&text)
             .map_err(|e| bad(format!("{} is not a valid OCI config: {e}", path.display())))?;
-        let root = spec
-            .root()
-            .as_ref()
-            .ok_or_else(|| bad(format!("{}: root.path is missing", path.display())))?;
-        let rootfs = dir.join(root.path());
-        let rootfs = std::fs::canonicalize(&rootfs)
-            .ok()
-            .filter(|p| p.is_dir())
-            .ok_or_else(|| bad(format!("root.path {} is not a directory", rootfs.display())))?;
+        let union = union_root(&spec, &dir)?;
+        let root = spec.root().clone().unwrap_or_default();
+        let rootfs = if union.is_some() {
+            // Mounted by `create`; root.path is not used.
+            PathBuf::new()
+        } else {
+            if spec.root().is_none() {
+                return Err(bad(format!("{}: root.path is missing", path.display())));
+            }
+            let rootfs = dir.join(root.path());
+            std::fs::canonicalize(&rootfs)
+                .ok()
+                .filter(|p| p.is_dir())
+                .ok_or_else(|| bad(format!("root.path {} is not a directory", rootfs.display())))?
+        };
         let process = spec
             .process()
             .as_ref()
@@ -262,6 +316,7 @@ impl Bundle {
             readonly: root.readonly().unwrap_or(false),
             dir,
             rootfs,
+            union,
             namespaces,
             process,
             hostname,

@@ -160,6 +160,8 @@ struct Creating<'a> {
     id: String,
     cgroup: Option<Box<dyn Cgroups>>,
     child: Option<i32>,
+    daemon: Option<crate::fsd::Daemon>,
+    temp_dirs: Vec<PathBuf>,
     done: bool,
 }
 
@@ -179,7 +181,104 @@ impl Drop for Creating<'_> {
             let _ = cg.kill_all();
             let _ = cg.remove();
         }
+        if let Some(d) = self.daemon.take() {
+            d.stop();
+        }
+        for t in &self.temp_dirs {
+            let _ = crate::state::remove_tree(t);
+        }
         self.store.remove(&self.id);
+    }
+}
+
+/// Mounts the union rootfs (annotations) at `<state>/rootfs`: the daemon outlives
+/// `create` and is stopped by `delete`.
+fn mount_union(
+    c: &mut Creating<'_>,
+    saved: &mut Saved,
+    u: &super::bundle::UnionRoot,
+    dir: &Path,
+) -> Result<PathBuf, OciError> {
+    let mkdir = |p: &Path| {
+        std::fs::create_dir(p).map_err(|e| OciError::io(format!("create {}", p.display()), e))
+    };
+    let mnt = dir.join("rootfs");
+    mkdir(&mnt)?;
+    let (upper, work) = match &u.upper {
+        Some(up) => {
+            // The work dir shares the upper's filesystem: next to it.
+            let parent = up.parent().unwrap_or(Path::new("/"));
+            let name = up.file_name().map(|n| n.to_string_lossy().into_owned());
+            let work = parent.join(format!(
+                ".{}.unionrun-work-{}",
+                name.unwrap_or_default(),
+                saved.id
+            ));
+            saved.temp_dirs.push(work.clone());
+            c.temp_dirs.push(work.clone());
+            (up.clone(), work)
+        }
+        None => {
+            let upper = dir.join("upper");
+            mkdir(&upper)?;
+            // The union's root takes the upper root's attributes: match the rootfs.
+            if let Ok(m) = std::fs::metadata(&u.lowers[0]) {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(
+                    &upper,
+                    std::fs::Permissions::from_mode(m.permissions().mode() & 0o7777),
+                );
+            }
+            (upper, dir.join("work"))
+        }
+    };
+    mkdir(&work)?;
+    saved.mountpoint = Some(mnt.clone());
+    c.store.save(saved)?;
+    let cfg = crate::fsd::UnionConfig {
+        lowers: u.lowers.clone(),
+        upper,
+        work,
+        mnt: mnt.clone(),
+        allow_other: true,
+        fsname: format!("unionrun-{}", saved.id),
+        verbose: false,
+    };
+    let bin = crate::fsd::find_binary().map_err(|e| OciError::Container(e.to_string()))?;
+    let d = crate::fsd::Daemon::start_detached(
+        &bin,
+        &cfg,
+        Duration::from_secs(10),
+        &dir.join("unionfs.log"),
+    )
+    .map_err(|e| OciError::Container(crate::error::one_line(&e)))?;
+    saved.daemon = ProcId::of(d.pid() as i32);
+    c.daemon = Some(d);
+    c.store.save(saved)?;
+    Ok(mnt)
+}
+
+/// Stops a union rootfs's daemon (it unmounts) and removes what `create` made for it.
+fn unmount_union(saved: &Saved) {
+    if let Some(d) = saved.daemon {
+        d.signal(libc::SIGTERM);
+        if !wait_gone(d, Duration::from_secs(5)) {
+            if let Some(m) = &saved.mountpoint {
+                crate::fsd::lazy_unmount(m);
+            }
+            d.signal(libc::SIGKILL);
+            wait_gone(d, Duration::from_secs(5));
+        }
+    }
+    if let Some(m) = &saved.mountpoint {
+        if crate::fsd::is_mounted(m) {
+            crate::fsd::lazy_unmount(m);
+        }
+    }
+    for t in &saved.temp_dirs {
+        if let Err(e) = crate::state::remove_tree(t) {
+            tracing::warn!("cannot remove {}: {e}", t.display());
+        }
     }
 }
 
@@ -190,7 +289,7 @@ fn now_rfc3339() -> String {
 /// `create`.
 pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciError> {
     super::store::check_id(&a.id)?;
-    let bundle = Bundle::load(&a.bundle)?;
+    let mut bundle = Bundle::load(&a.bundle)?;
     if bundle.process.terminal && a.console_socket.is_none() {
         return Err(OciError::Usage(
             "process.terminal is true: --console-socket is required".into(),
@@ -207,6 +306,8 @@ pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciErr
         id: a.id.clone(),
         cgroup: None,
         child: None,
+        daemon: None,
+        temp_dirs: Vec::new(),
         done: false,
     };
     let mut saved = Saved {
@@ -221,6 +322,11 @@ pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciErr
         ..Default::default()
     };
     store.save(&saved)?;
+    if let Some(u) = bundle.union.clone() {
+        bundle.rootfs = mount_union(&mut c, &mut saved, &u, &dir)?;
+        saved.rootfs = bundle.rootfs.clone();
+        store.save(&saved)?;
+    }
     let fifo = dir.join(FIFO);
     let cpath = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
         .map_err(|_| OciError::Usage("bad state path".into()))?;
@@ -303,6 +409,8 @@ pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciErr
         write_pid_file(p, pid)?;
     }
     c.done = true;
+    // The daemon outlives us; delete stops it (its pid is in the record).
+    drop(c.daemon.take());
     Ok(())
 }
 
@@ -482,6 +590,7 @@ pub fn delete(store: &Store, a: &DeleteArgs) -> Result<(), OciError> {
         }
     }
     cgroups::remove_recorded(&saved.cgroups).map_err(|e| OciError::Container(e.to_string()))?;
+    unmount_union(&saved);
     let hooks = run_hooks(&saved, store, Hook::Poststop);
     store.remove(&a.id);
     if let Err(e) = hooks {

@@ -37,6 +37,16 @@ pub struct Saved {
     pub hooks: Option<oci_spec::runtime::Hooks>,
     /// The uid that created it.
     pub owner: u32,
+    /// The union daemon serving the rootfs (annotations `unionrun.lower`).
+    #[serde(default)]
+    pub daemon: Option<ProcId>,
+    /// Its mount point.
+    #[serde(default)]
+    pub mountpoint: Option<PathBuf>,
+    /// Directories `create` made outside the state directory (a work dir next to a
+    /// given upper).
+    #[serde(default)]
+    pub temp_dirs: Vec<PathBuf>,
 }
 
 /// The container's status, as the runtime spec names them.
@@ -168,8 +178,8 @@ impl Store {
         ids
     }
 
-    /// Removes a container's directory.
+    /// Removes a container's directory (refusing to descend into a mount left there).
     pub fn remove(&self, id: &str) {
-        let _ = std::fs::remove_dir_all(self.dir(id));
+        let _ = crate::state::remove_tree(&self.dir(id));
     }
 }
