@@ -672,3 +672,40 @@ fn a_union_rootfs_from_annotations() {
     assert!(out.stderr.contains("unionrun.lower"), "{out}");
     o.assert_gone();
 }
+
+#[test]
+fn a_seccomp_profile_from_the_config_is_enforced() {
+    let Some(o) = Oci::new("seccomp") else { return };
+    o.script(
+        "mkdir /tmp/d 2> /tmp/err; echo rc=$? > /tmp/rc; grep Seccomp: /proc/self/status > /tmp/st",
+    );
+    o.config(|v| {
+        v["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
+        });
+    });
+    assert!(o.create().success());
+    assert!(o.run(&["start", &o.id]).success());
+    assert!(wait_until(Duration::from_secs(10), || o.status() == "stopped"));
+    assert_eq!(o.read("tmp/rc").trim(), "rc=1", "{}", o.read("tmp/err"));
+    assert!(
+        o.read("tmp/err").contains("Permission denied"),
+        "errnoRet 13: {}",
+        o.read("tmp/err")
+    );
+    assert!(
+        o.read("tmp/st").contains("2"),
+        "filter mode: {}",
+        o.read("tmp/st")
+    );
+    assert!(!o.rootfs.join("tmp/d").exists());
+    assert!(o.run(&["delete", &o.id]).success());
+    o.assert_gone();
+    // An action we cannot do is refused at create.
+    o.config(|v| v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_NOTIFY"}));
+    let out = o.create();
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("seccomp"), "{out}");
+    o.assert_gone();
+}

@@ -55,6 +55,23 @@ fn podman_runs_execs_stops_and_removes_with_unionrun() {
     );
     assert_eq!(out.code(), Some(3), "the container's exit code: {out}");
     assert!(out.stdout.contains("hi-from-"), "{out}");
+    // podman's default seccomp profile is in force, and the capabilities are podman's.
+    let out = run(
+        &p,
+        &[
+            "--rm",
+            IMAGE,
+            "grep",
+            "-E",
+            "^(Seccomp|CapBnd):",
+            "/proc/self/status",
+        ],
+    );
+    assert!(out.stdout.contains("Seccomp:\t2"), "{out}");
+    assert!(
+        !out.stdout.contains("CapBnd:\t000001ffffffffff"),
+        "not every capability: {out}"
+    );
 
     let out = run(&p, &["-d", "--name", "c1", IMAGE, "sleep", "100"]);
     assert!(out.success(), "{out}");

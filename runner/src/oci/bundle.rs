@@ -81,6 +81,8 @@ pub struct ProcessPlan {
     pub oom_score_adj: Option<i32>,
     /// A pty for stdio, its master sent to the console socket.
     pub terminal: bool,
+    /// linux.seccomp, compiled (empty: none).
+    pub seccomp: Vec<seccompiler::BpfProgram>,
 }
 
 /// A union rootfs asked for by annotations: `unionrun.lower=DIR:DIR` (highest
@@ -183,8 +185,11 @@ impl Bundle {
             .process()
             .as_ref()
             .ok_or_else(|| bad(format!("{}: process is missing", path.display())))?;
-        let process = ProcessPlan::from_oci(process)?;
+        let mut process = ProcessPlan::from_oci(process)?;
         let linux = spec.linux().clone().unwrap_or_default();
+        if let Some(s) = linux.seccomp() {
+            process.seccomp = super::seccomp::programs(s)?;
+        }
         let mut namespaces = Vec::new();
         for ns in linux.namespaces().clone().unwrap_or_default() {
             let flag = match ns.typ() {
@@ -617,6 +622,7 @@ impl ProcessPlan {
             rlimits,
             oom_score_adj: p.oom_score_adj(),
             terminal: p.terminal().unwrap_or(false),
+            seccomp: Vec::new(),
         })
     }
 }

@@ -179,6 +179,11 @@ pub fn become_process(p: &ProcessPlan, sys: &dyn Syscall, keep_fds: u32) -> Fail
 }
 
 fn become_inner(p: &ProcessPlan, sys: &dyn Syscall, keep_fds: u32) -> Result<Failure, Failure> {
+    // Without no_new_privs the filter needs CAP_SYS_ADMIN to go in: before the
+    // capabilities go (runc's order; the profile must then allow what follows).
+    if !p.no_new_privs {
+        super::seccomp::install(&p.seccomp).map_err(|e| fail(EXIT_RUNNER, e))?;
+    }
     // The bounding set first: it needs CAP_SETPCAP.
     sys.drop_bounding(&p.caps.bounding)
         .map_err(|e| fail(EXIT_RUNNER, e))?;
@@ -235,6 +240,10 @@ fn become_inner(p: &ProcessPlan, sys: &dyn Syscall, keep_fds: u32) -> Result<Fai
         let empty: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    // With no_new_privs: last, so only the exec itself runs under the filter.
+    if p.no_new_privs {
+        super::seccomp::install(&p.seccomp).map_err(|e| fail(EXIT_RUNNER, e))?;
     }
     Ok(exec(&exe, p))
 }

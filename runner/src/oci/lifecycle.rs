@@ -678,7 +678,14 @@ pub fn features() -> serde_json::Value {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
             "capabilities": caps,
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
-            "seccomp": {"enabled": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD",
+                    "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_TRAP", "SCMP_ACT_LOG", "SCMP_ACT_TRACE"],
+                "operators": ["SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ",
+                    "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"],
+                "archs": [if cfg!(target_arch = "aarch64") { "SCMP_ARCH_AARCH64" } else { "SCMP_ARCH_X86_64" }],
+            },
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
         },
@@ -786,7 +793,10 @@ fn exec_process(saved: &Saved, a: &ExecArgs) -> Result<ProcessPlan, OciError> {
         let proc: oci_spec::runtime::Process = serde_json::from_str(&text).map_err(|e| {
             OciError::Config(format!("{} is not a valid OCI process: {e}", p.display()))
         })?;
-        return ProcessPlan::from_oci(&proc);
+        let mut plan = ProcessPlan::from_oci(&proc)?;
+        // The container's seccomp profile holds for every process in it.
+        plan.seccomp = Bundle::load(&saved.bundle)?.process.seccomp;
+        return Ok(plan);
     }
     if a.command.is_empty() {
         return Err(OciError::Usage(
@@ -828,6 +838,7 @@ fn exec_process(saved: &Saved, a: &ExecArgs) -> Result<ProcessPlan, OciError> {
         proc.set_no_new_privileges(Some(true));
     }
     let mut plan = ProcessPlan::from_oci(&proc)?;
+    plan.seccomp = bundle.process.seccomp.clone();
     for c in &a.cap {
         let cap: caps::Capability = c
             .parse()

@@ -11,6 +11,7 @@ pub mod args;
 pub mod bundle;
 pub mod init;
 pub mod lifecycle;
+pub mod seccomp;
 pub mod store;
 
 use thiserror::Error;
