@@ -419,9 +419,24 @@ fn zombies_are_reaped_by_init() {
 }
 
 /// Starts `unionrun ... sleep 30` in the background and waits until the payload runs.
+/// Makes `c` start with SIGINT and SIGQUIT ignored, as a non-interactive shell starts
+/// its background jobs (CI runs us that way): the container must not inherit that.
+fn as_background_job(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+}
+
 fn start_sleeper(e: &Env) -> std::process::Child {
     let mut c = e.cmd(&[], &["/bin/sleep", "30"]);
     c.stdin(std::process::Stdio::null());
+    as_background_job(&mut c);
     let child = c.spawn().expect("spawn unionrun");
     let rec = e.state.join(&e.name).join("state.json");
     let started = wait_until(Duration::from_secs(10), || {
@@ -464,6 +479,21 @@ fn sigterm_and_sigint_are_forwarded_then_cleaned_up() {
         );
         e.assert_clean();
     }
+}
+
+#[test]
+fn the_payload_starts_with_default_signal_dispositions() {
+    let Some(e) = Env::new("sigign") else { return };
+    let mut c = e.cmd(&[], &["/bin/cat", "/proc/self/status"]);
+    as_background_job(&mut c);
+    let o = run_ok(&mut c);
+    let ign = o.stdout.lines().find(|l| l.starts_with("SigIgn:"));
+    assert_eq!(
+        ign.map(|l| l.split_whitespace().nth(1).unwrap_or("")),
+        Some("0000000000000000"),
+        "{o}"
+    );
+    e.assert_clean();
 }
 
 #[test]

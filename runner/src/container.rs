@@ -145,14 +145,40 @@ fn finalize_inner(spec: &Spec, plan: &ChildPlan, sys: &dyn Syscall) -> Result<Fa
     Ok(exec(&exe, plan))
 }
 
-/// Unblocks everything and resets SIGPIPE (Rust ignores it; an ignored signal stays
-/// ignored across exec, and `yes | head` would then spin on EPIPE).
-fn restore_signals() {
-    // SAFETY: plain signal mask and disposition calls.
+/// Unblocks every signal and resets every disposition to the default. An ignored signal
+/// stays ignored across exec: Rust ignores SIGPIPE (`yes | head` would spin on EPIPE),
+/// and a shell without job control starts background commands with SIGINT and SIGQUIT
+/// ignored (a payload would then shrug off the SIGINT we forward). A container starts
+/// clean, as with runc.
+pub fn restore_signals() {
+    // The kernel's struct sigaction (x86_64 and aarch64 alike). glibc's signal() refuses
+    // 32 and 33, which it keeps for itself, yet a parent may have left them ignored.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: plain signal mask and disposition calls; SIGKILL/SIGSTOP just fail.
     unsafe {
         let empty: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        for sig in 1..=64 {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            );
+        }
     }
 }
 
