@@ -367,6 +367,9 @@ fn hooks_get_the_state_on_stdin() {
     o.config(|v| {
         v["hooks"] = json!({
             "createRuntime": [hook("createRuntime")],
+            "createContainer": [hook("createContainer")],
+            // Run in the container, after start: its paths.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /tmp/startContainer"]}],
             "poststart": [hook("poststart")],
             "poststop": [hook("poststop")],
         });
@@ -376,9 +379,22 @@ fn hooks_get_the_state_on_stdin() {
         serde_json::from_str(&fs::read_to_string(dir.join("createRuntime")).unwrap()).unwrap();
     assert_eq!(created["id"], o.id.as_str());
     assert!(pid_of(&created) > 0, "{created}");
+    let in_ns: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("createContainer")).unwrap()).unwrap();
+    assert_eq!(
+        in_ns["pid"], created["pid"],
+        "createContainer ran, with the state"
+    );
     assert!(!dir.join("poststart").exists());
+    assert!(
+        !o.rootfs.join("tmp/startContainer").exists(),
+        "not before start"
+    );
     assert!(o.run(&["start", &o.id]).success());
     assert!(dir.join("poststart").exists());
+    assert!(wait_until(Duration::from_secs(10), || o
+        .read("tmp/startContainer")
+        .contains(&o.id)));
     assert!(wait_until(Duration::from_secs(10), || o.status() == "stopped"));
     assert!(o.run(&["delete", &o.id]).success());
     let stopped: Value =

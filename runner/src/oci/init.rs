@@ -45,15 +45,43 @@ fn errno_fail(what: &str) -> Failure {
     )
 }
 
-/// The whole plan of mounts: the rootfs bound onto itself, the config's mounts, pivot.
-pub fn mount_plan(b: &Bundle) -> MountPlan {
+/// The plan of mounts in two parts around the createContainer hooks: the rootfs bound
+/// onto itself and the config's mounts; then pivot_root (and the read-only `/`).
+pub fn mount_plan(b: &Bundle) -> (MountPlan, MountPlan) {
     let mut ops = vec![MountOp::RSlaveAll, MountOp::BindRootfs];
     ops.extend(b.mounts.iter().cloned());
-    ops.push(MountOp::PivotRoot);
+    let mut pivot = vec![MountOp::PivotRoot];
     if b.readonly {
-        ops.push(MountOp::RootReadOnly);
+        pivot.push(MountOp::RootReadOnly);
     }
-    MountPlan { ops }
+    (MountPlan { ops }, MountPlan { ops: pivot })
+}
+
+/// The container's own hooks (createContainer: before pivot_root, host paths;
+/// startContainer: after start, before exec, container paths).
+fn container_hooks(b: &Bundle, start: bool, state: &str) -> Result<(), Failure> {
+    let Some(h) = b.spec.hooks() else {
+        return Ok(());
+    };
+    let list = if start {
+        h.start_container()
+    } else {
+        h.create_container()
+    };
+    for hook in list.iter().flatten() {
+        super::lifecycle::run_hook(hook, state).map_err(|e| {
+            let which = if start {
+                "startContainer"
+            } else {
+                "createContainer"
+            };
+            fail(
+                EXIT_RUNNER,
+                format!("{which} hook {}: {e}", hook.path().display()),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Joins the namespaces the config names by path (before anything else, so the mounts
@@ -235,12 +263,7 @@ fn become_inner(p: &ProcessPlan, sys: &dyn Syscall, keep_fds: u32) -> Result<Fai
     })?;
     sys.cloexec_from(3 + keep_fds)
         .map_err(|e| fail(EXIT_RUNNER, e))?;
-    // SAFETY: plain signal mask and disposition calls.
-    unsafe {
-        let empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    crate::container::restore_signals();
     // With no_new_privs: last, so only the exec itself runs under the filter.
     if p.no_new_privs {
         super::seccomp::install(&p.seccomp).map_err(|e| fail(EXIT_RUNNER, e))?;
@@ -269,7 +292,7 @@ fn write_line(fd: &OwnedFd, line: &str) {
 }
 
 /// The steps up to "ready".
-fn prepare(b: &Bundle, fds: &ChildFds, sys: &dyn Syscall) -> Result<(), Failure> {
+fn prepare(b: &Bundle, fds: &ChildFds, sys: &dyn Syscall, state: &str) -> Result<(), Failure> {
     join_namespaces(b)?;
     // In the cgroup already (create moved us): a cgroup namespace made now is rooted there.
     if b.has_new(CloneFlags::CLONE_NEWCGROUP) {
@@ -280,9 +303,14 @@ fn prepare(b: &Bundle, fds: &ChildFds, sys: &dyn Syscall) -> Result<(), Failure>
         sys.loopback_up().map_err(|e| fail(EXIT_RUNNER, e))?;
     }
     sysctls(b)?;
-    mount_plan(b)
-        .execute(&b.rootfs, sys)
-        .map_err(|e| fail(EXIT_RUNNER, crate::error::one_line(&e)))?;
+    let (mounts, pivot) = mount_plan(b);
+    let run = |plan: &MountPlan| {
+        plan.execute(&b.rootfs, sys)
+            .map_err(|e| fail(EXIT_RUNNER, crate::error::one_line(&e)))
+    };
+    run(&mounts)?;
+    container_hooks(b, false, state)?;
+    run(&pivot)?;
     if let Some(h) = &b.hostname {
         sys.sethostname(h).map_err(|e| fail(EXIT_RUNNER, e))?;
     }
@@ -300,13 +328,18 @@ pub fn child_main(b: &Bundle, fds: ChildFds) -> ! {
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
     let mut byte = [0u8; 1];
-    // SAFETY: one byte into a local buffer.
-    if unsafe { libc::read(fds.go.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } != 1 {
+    // "g" and the state for our hooks, up to EOF (EOF alone: create is gone or failed).
+    let mut go = Vec::new();
+    // SAFETY: the fd stays owned by `fds`; ManuallyDrop keeps it from being closed twice.
+    let mut f =
+        std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fds.go.as_raw_fd()) });
+    if std::io::Read::read_to_end(&mut *f, &mut go).is_err() || go.first() != Some(&b'g') {
         // SAFETY: leaving a forked child without destructors.
         unsafe { libc::_exit(EXIT_RUNNER) };
     }
+    let state = String::from_utf8_lossy(&go[1..]).into_owned();
     let sys = crate::sys::Linux;
-    if let Err((code, msg)) = prepare(b, &fds, &sys) {
+    if let Err((code, msg)) = prepare(b, &fds, &sys, &state) {
         write_line(&fds.sync, &format!("{code}\t{}\n", msg.replace('\n', " ")));
         // SAFETY: as above.
         unsafe { libc::_exit(code) };
@@ -323,6 +356,11 @@ pub fn child_main(b: &Bundle, fds: ChildFds) -> ! {
     if n != 1 {
         // SAFETY: as above.
         unsafe { libc::_exit(EXIT_RUNNER) };
+    }
+    if let Err((code, msg)) = container_hooks(b, true, &state) {
+        eprintln!("unionrun: {msg}");
+        // SAFETY: as above.
+        unsafe { libc::_exit(code) };
     }
     let (code, msg) = become_process(&b.process, &sys, fds.preserve);
     eprintln!("unionrun: {msg}");

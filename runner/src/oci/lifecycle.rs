@@ -2,7 +2,7 @@
 //! process waiting on the exec fifo and returns; `start` releases it; `state` reads the
 //! record and the process; `kill` signals; `delete` removes what `create` made.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -389,8 +389,12 @@ pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciErr
     saved.init = ProcId::of(pid);
     store.save(&saved)?;
     run_hooks(&saved, store, Hook::CreateRuntime)?;
-    // SAFETY: one byte from a local buffer to our pipe.
-    if unsafe { libc::write(go_wr.as_raw_fd(), b"g".as_ptr().cast(), 1) } != 1 {
+    // "g", then the state the container's own hooks get on stdin; EOF ends it.
+    let go = format!("g{}", state_json(store, &saved));
+    if (&std::fs::File::from(go_wr))
+        .write_all(go.as_bytes())
+        .is_err()
+    {
         return Err(OciError::io(
             "start the container's process",
             std::io::Error::last_os_error(),
