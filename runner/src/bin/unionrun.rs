@@ -40,7 +40,10 @@ fn main() {
         Command::Kill(a) => oci(lifecycle::kill(&Store::new(&oci_root()), a)),
         Command::Delete(a) => oci(lifecycle::delete(&Store::new(&oci_root()), a)),
         Command::List(a) => oci(lifecycle::list(&Store::new(&oci_root()), a)),
-        Command::Exec(a) => oci_report(&args.oci, lifecycle::exec(&Store::new(&oci_root()), a)),
+        Command::Exec(a) => oci_report(
+            &args.oci,
+            runner::oci::exec::exec(&Store::new(&oci_root()), a),
+        ),
         Command::Spec(a) => oci(lifecycle::spec(a)),
         Command::Features => {
             println!(

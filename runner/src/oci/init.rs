@@ -69,7 +69,7 @@ fn container_hooks(b: &Bundle, start: bool, state: &str) -> Result<(), Failure> 
         h.create_container()
     };
     for hook in list.iter().flatten() {
-        super::lifecycle::run_hook(hook, state).map_err(|e| {
+        super::hooks::run_hook(hook, state).map_err(|e| {
             let which = if start {
                 "startContainer"
             } else {

@@ -3,12 +3,13 @@
 //! record and the process; `kill` signals; `delete` removes what `create` made.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::args::{CreateArgs, DeleteArgs, ExecArgs, KillArgs, ListArgs, SpecArgs};
-use super::bundle::{Bundle, ProcessPlan};
+use super::args::{CreateArgs, DeleteArgs, KillArgs, ListArgs, SpecArgs};
+use super::bundle::Bundle;
+use super::hooks::{run_hooks, Hook};
 use super::init::{self, ChildFds};
 use super::store::{Saved, Status, Store, FIFO};
 use super::OciError;
@@ -20,7 +21,7 @@ use crate::state::ProcId;
 /// The runtime-spec version we implement.
 pub const OCI_VERSION: &str = "1.2.0";
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), OciError> {
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), OciError> {
     let mut fds = [0; 2];
     // SAFETY: valid array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -31,7 +32,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), OciError> {
 }
 
 /// Connects to the console socket (a host path, so before the child's pivot_root).
-fn connect(sock: &Path) -> Result<OwnedFd, OciError> {
+pub(super) fn connect(sock: &Path) -> Result<OwnedFd, OciError> {
     let s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| {
         OciError::io(
             format!("connect to the console socket {}", sock.display()),
@@ -419,7 +420,7 @@ pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciErr
 }
 
 /// The pid file, written whole or not at all (a temp file renamed over).
-fn write_pid_file(p: &Path, pid: i32) -> Result<(), OciError> {
+pub(super) fn write_pid_file(p: &Path, pid: i32) -> Result<(), OciError> {
     let tmp = p.with_extension("unionrun-tmp");
     std::fs::write(&tmp, pid.to_string())
         .and_then(|()| std::fs::rename(&tmp, p))
@@ -697,291 +698,6 @@ pub fn features() -> serde_json::Value {
             "io.github.unionrun.version": env!("CARGO_PKG_VERSION"),
         },
     })
-}
-
-/// Which hooks.
-#[derive(Clone, Copy, Debug)]
-pub enum Hook {
-    /// prestart + createRuntime: after the namespaces exist, before the setup goes on.
-    CreateRuntime,
-    /// After start.
-    Poststart,
-    /// After delete.
-    Poststop,
-}
-
-/// Runs hooks with the state on stdin; one failing fails the step (poststop: reported).
-fn run_hooks(saved: &Saved, store: &Store, which: Hook) -> Result<(), OciError> {
-    let Some(h) = &saved.hooks else { return Ok(()) };
-    #[allow(deprecated)]
-    let list: Vec<oci_spec::runtime::Hook> = match which {
-        Hook::CreateRuntime => h
-            .prestart()
-            .iter()
-            .flatten()
-            .chain(h.create_runtime().iter().flatten())
-            .cloned()
-            .collect(),
-        Hook::Poststart => h.poststart().clone().unwrap_or_default(),
-        Hook::Poststop => h.poststop().clone().unwrap_or_default(),
-    };
-    let state = state_json(store, saved).to_string();
-    for hook in list {
-        run_hook(&hook, &state).map_err(|e| {
-            OciError::Container(format!("{which:?} hook {}: {e}", hook.path().display()))
-        })?;
-    }
-    Ok(())
-}
-
-/// Runs one hook: args[0] as argv0, env exactly as given, the state on stdin.
-pub fn run_hook(hook: &oci_spec::runtime::Hook, state: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::process::CommandExt;
-    let args = hook.args().clone().unwrap_or_default();
-    let mut cmd = std::process::Command::new(hook.path());
-    if let Some((a0, rest)) = args.split_first() {
-        cmd.arg0(a0).args(rest);
-    }
-    cmd.env_clear();
-    for kv in hook.env().iter().flatten() {
-        if let Some((k, v)) = kv.split_once('=') {
-            cmd.env(k, v);
-        }
-    }
-    cmd.stdin(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
-    if let Some(mut i) = child.stdin.take() {
-        let _ = i.write_all(state.as_bytes());
-    }
-    let limit = hook
-        .timeout()
-        .filter(|&t| t > 0)
-        .map(|t| Duration::from_secs(t as u64));
-    let t = Instant::now();
-    loop {
-        match child.try_wait().map_err(|e| e.to_string())? {
-            Some(st) if st.success() => return Ok(()),
-            Some(st) => return Err(format!("exited with {st}")),
-            None if limit.is_some_and(|l| t.elapsed() > l) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("timed out".into());
-            }
-            None => std::thread::sleep(Duration::from_millis(2)),
-        }
-    }
-}
-
-/// The namespaces of a running process, in the order `exec` joins them.
-const EXEC_NAMESPACES: [(&str, i32); 5] = [
-    ("ipc", libc::CLONE_NEWIPC),
-    ("uts", libc::CLONE_NEWUTS),
-    ("net", libc::CLONE_NEWNET),
-    ("cgroup", libc::CLONE_NEWCGROUP),
-    ("mnt", libc::CLONE_NEWNS),
-];
-
-fn same_ns(pid: i32, name: &str) -> bool {
-    let a = std::fs::metadata(format!("/proc/self/ns/{name}"));
-    let b = std::fs::metadata(format!("/proc/{pid}/ns/{name}"));
-    use std::os::unix::fs::MetadataExt;
-    matches!((a, b), (Ok(a), Ok(b)) if a.ino() == b.ino())
-}
-
-/// The process `exec` runs: process.json, or the config's process with the command line.
-fn exec_process(saved: &Saved, a: &ExecArgs) -> Result<ProcessPlan, OciError> {
-    if let Some(p) = &a.process {
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| OciError::Config(format!("cannot read {}: {e}", p.display())))?;
-        let proc: oci_spec::runtime::Process = serde_json::from_str(&text).map_err(|e| {
-            OciError::Config(format!("{} is not a valid OCI process: {e}", p.display()))
-        })?;
-        let mut plan = ProcessPlan::from_oci(&proc)?;
-        // The container's seccomp profile holds for every process in it.
-        plan.seccomp = Bundle::load(&saved.bundle)?.process.seccomp;
-        return Ok(plan);
-    }
-    if a.command.is_empty() {
-        return Err(OciError::Usage(
-            "exec needs a command, or --process FILE".into(),
-        ));
-    }
-    let bundle = Bundle::load(&saved.bundle)?;
-    let mut proc = bundle
-        .spec
-        .process()
-        .clone()
-        .ok_or_else(|| OciError::Config("the container's config has no process".into()))?;
-    proc.set_args(Some(a.command.clone()));
-    proc.set_terminal(Some(a.tty));
-    let mut env = proc.env().clone().unwrap_or_default();
-    env.extend(a.env.iter().cloned());
-    proc.set_env(Some(env));
-    if let Some(c) = &a.cwd {
-        proc.set_cwd(c.clone());
-    }
-    if let Some(u) = &a.user {
-        let (uid, gid) = match u.split_once(':') {
-            Some((u, g)) => (u.parse().ok(), g.parse().ok()),
-            None => (u.parse().ok(), Some(0)),
-        };
-        let (Some(uid), Some(gid)) = (uid, gid) else {
-            return Err(OciError::Usage(format!(
-                "bad --user {u:?}: expected UID[:GID]"
-            )));
-        };
-        proc.user_mut().set_uid(uid);
-        proc.user_mut().set_gid(gid);
-    }
-    if !a.additional_gids.is_empty() {
-        proc.user_mut()
-            .set_additional_gids(Some(a.additional_gids.clone()));
-    }
-    if a.no_new_privs {
-        proc.set_no_new_privileges(Some(true));
-    }
-    let mut plan = ProcessPlan::from_oci(&proc)?;
-    plan.seccomp = bundle.process.seccomp.clone();
-    for c in &a.cap {
-        let cap: caps::Capability = c
-            .parse()
-            .map_err(|_| OciError::Usage(format!("unknown capability {c:?}")))?;
-        for set in [
-            &mut plan.caps.bounding,
-            &mut plan.caps.effective,
-            &mut plan.caps.permitted,
-        ] {
-            set.insert(cap);
-        }
-    }
-    Ok(plan)
-}
-
-/// `exec`: a new process in a running container. Returns its exit code (0 with
-/// --detach, once it has exec'd).
-pub fn exec(store: &Store, a: &ExecArgs) -> Result<i32, OciError> {
-    let saved = store.load(&a.id)?;
-    if store.status(&saved) != Status::Running {
-        return Err(OciError::Usage(format!(
-            "cannot exec in container {}: it is {}",
-            a.id,
-            store.status(&saved).as_str()
-        )));
-    }
-    let init_pid = saved.init.map(|p| p.pid).unwrap_or(0);
-    let mut plan = exec_process(&saved, a)?;
-    plan.terminal |= a.tty;
-    if plan.terminal && a.console_socket.is_none() && a.detach {
-        return Err(OciError::Usage(
-            "a terminal with --detach needs --console-socket".into(),
-        ));
-    }
-    let console = match &a.console_socket {
-        Some(s) if plan.terminal => Some(connect(s)?),
-        _ => None,
-    };
-    // Namespace fds opened before any setns (the /proc paths are ours).
-    let mut ns_fds = Vec::new();
-    for (name, flag) in EXEC_NAMESPACES {
-        if !same_ns(init_pid, name) {
-            let f = std::fs::File::open(format!("/proc/{init_pid}/ns/{name}"))
-                .map_err(|e| OciError::io(format!("open the container's {name} namespace"), e))?;
-            ns_fds.push((f, flag));
-        }
-    }
-    // The pid namespace is joined here: it applies to the children we fork.
-    if !same_ns(init_pid, "pid") {
-        let f = std::fs::File::open(format!("/proc/{init_pid}/ns/pid"))
-            .map_err(|e| OciError::io("open the container's pid namespace", e))?;
-        // SAFETY: plain setns on an fd we own.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
-            return Err(OciError::io(
-                "join the container's pid namespace",
-                std::io::Error::last_os_error(),
-            ));
-        }
-    }
-    let (err_rd, err_wr) = pipe()?;
-    // SAFETY: single-threaded; the child only makes plain syscalls and execs or _exits.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(OciError::io("fork", std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        drop(err_rd);
-        let f = exec_child(&saved, &plan, &ns_fds, console.as_ref(), a.preserve_fds);
-        let line = format!("{}\t{}\n", f.0, f.1.replace('\n', " "));
-        // SAFETY: writing to our pipe, then leaving without destructors.
-        unsafe {
-            libc::write(err_wr.as_raw_fd(), line.as_ptr().cast(), line.len());
-            libc::_exit(f.0)
-        }
-    }
-    drop(err_wr);
-    drop(console);
-    let mut msg = String::new();
-    let _ = std::fs::File::from(err_rd).read_to_string(&mut msg);
-    if let Some((_, m)) = msg.split_once('\t') {
-        // SAFETY: reaping our own child.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        return Err(OciError::Container(m.trim_end().to_string()));
-    }
-    if let Some(p) = &a.pid_file {
-        write_pid_file(p, pid)?;
-    }
-    if a.detach {
-        return Ok(0);
-    }
-    let mut st = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut st, 0) };
-    Ok(crate::init::exit_code(st))
-}
-
-fn exec_child(
-    saved: &Saved,
-    plan: &ProcessPlan,
-    ns: &[(std::fs::File, i32)],
-    console: Option<&OwnedFd>,
-    preserve: u32,
-) -> crate::container::Failure {
-    let fail = |m: String| (crate::error::EXIT_RUNNER, m);
-    for leaf in leaves(&saved.cgroups) {
-        if leaf.join("cgroup.procs").exists() {
-            if let Err(e) = std::fs::write(leaf.join("cgroup.procs"), "0") {
-                return fail(format!(
-                    "join the container's cgroup {}: {e}",
-                    leaf.display()
-                ));
-            }
-        }
-    }
-    for (f, flag) in ns {
-        // SAFETY: plain setns on an fd we own.
-        if unsafe { libc::setns(f.as_raw_fd(), *flag) } != 0 {
-            return fail(format!(
-                "join a namespace of the container: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    if let Err(e) = std::env::set_current_dir(&plan.cwd) {
-        return fail(format!("chdir {}: {e}", plan.cwd.display()));
-    }
-    if let Some(c) = console {
-        if let Err(f) = init_console(c) {
-            return f;
-        }
-    }
-    if let Err(f) = init::limits(plan) {
-        return f;
-    }
-    init::become_process(plan, &crate::sys::Linux, preserve)
-}
-
-fn init_console(c: &OwnedFd) -> Result<(), crate::container::Failure> {
-    init::console(c)
 }
 
 /// The state root the OCI commands use: `--root`, else the runner's default.

@@ -5,10 +5,13 @@
 //! - [`args`]: the command line; [`bundle`]: config.json checked and turned into a
 //!   mount plan, namespaces and a process (every refusal happens there);
 //! - [`store`]: the per-container record between commands;
-//! - [`lifecycle`]: the commands; [`init`]: the container's process up to exec.
+//! - [`lifecycle`]: the commands, [`exec`] and [`hooks`] apart; [`init`]: the
+//!   container's process up to exec.
 
 pub mod args;
 pub mod bundle;
+pub mod exec;
+pub mod hooks;
 pub mod init;
 pub mod lifecycle;
 pub mod seccomp;
