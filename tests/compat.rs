@@ -65,6 +65,16 @@ impl Podman {
         }
         let t = TempTree::new();
         let bin = t.install_bin();
+        // Our runtime, where the unprivileged user can run it (the checkout may be 0700).
+        let runtime = if runtime.is_absolute() {
+            let dst = t
+                .join("bin")
+                .join(runtime.file_name().expect("runtime file name"));
+            fs::copy(&runtime, &dst).expect("copy the runtime");
+            dst
+        } else {
+            runtime
+        };
         // A busybox rootfs tarball, no network.
         let rootfs = t.mkdir("rootfs");
         fs::create_dir_all(rootfs.join("bin")).unwrap();

@@ -18,48 +18,73 @@ use serde_json::{json, Value};
 use crate::util::*;
 
 /// A bundle and a state root; deletes its container on drop.
-struct Oci {
-    t: TempTree,
-    bundle: PathBuf,
-    rootfs: PathBuf,
-    state: PathBuf,
-    id: String,
+pub(crate) struct Oci {
+    pub(crate) t: TempTree,
+    pub(crate) bundle: PathBuf,
+    pub(crate) rootfs: PathBuf,
+    pub(crate) state: PathBuf,
+    pub(crate) id: String,
+    /// Run every command as this user (a copy of unionrun in the tree), else as root.
+    user: Option<(&'static str, PathBuf)>,
 }
 
 impl Oci {
-    fn new(name: &str) -> Option<Oci> {
+    pub(crate) fn new(name: &str) -> Option<Oci> {
         if !require_root() {
             return None;
         }
-        let t = TempTree::new();
-        let bundle = t.mkdir("bundle");
-        let rootfs = busybox_rootfs(&t, "bundle/rootfs")?;
-        let state = t.mkdir("state");
-        let o = Oci {
-            id: format!("oci-{name}-{}", std::process::id()),
-            t,
-            bundle,
-            rootfs,
-            state,
-        };
+        let o = Oci::make(name, None)?;
         let out = o.run(&["spec", "--bundle", o.bundle.to_str().unwrap()]);
         assert!(out.success(), "{out}");
         Some(o)
     }
 
+    /// As the unprivileged test user, with `spec --rootless` (its own ids mapped to root).
+    pub(crate) fn rootless(name: &str) -> Option<Oci> {
+        let (uid, gid) = require_test_user()?;
+        let o = Oci::make(name, Some(TEST_USER))?;
+        o.t.give_to(uid, gid);
+        let out = o.run(&["spec", "--rootless", "--bundle", o.bundle.to_str().unwrap()]);
+        assert!(out.success(), "{out}");
+        Some(o)
+    }
+
+    fn make(name: &str, user: Option<&'static str>) -> Option<Oci> {
+        let t = TempTree::new();
+        let bundle = t.mkdir("bundle");
+        let rootfs = busybox_rootfs(&t, "bundle/rootfs")?;
+        let state = t.mkdir("state");
+        let user = user.map(|u| {
+            let bin = t.mkdir("bin").join("unionrun");
+            fs::copy(unionrun_bin(), &bin).expect("copy unionrun");
+            (u, bin)
+        });
+        Some(Oci {
+            id: format!("oci-{name}-{}", std::process::id()),
+            t,
+            bundle,
+            rootfs,
+            state,
+            user,
+        })
+    }
+
     /// `unionrun --root STATE ARGS`.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(unionrun_bin());
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = match &self.user {
+            Some((u, bin)) => as_user(u, bin),
+            None => Command::new(unionrun_bin()),
+        };
         c.arg("--root").arg(&self.state).args(args);
         c
     }
 
-    fn run(&self, args: &[&str]) -> Outcome {
+    pub(crate) fn run(&self, args: &[&str]) -> Outcome {
         run_timeout(&mut self.cmd(args), Duration::from_secs(60))
     }
 
     /// Edits config.json.
-    fn config(&self, edit: impl FnOnce(&mut Value)) {
+    pub(crate) fn config(&self, edit: impl FnOnce(&mut Value)) {
         let p = self.bundle.join("config.json");
         let mut v: Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
         edit(&mut v);
@@ -67,7 +92,7 @@ impl Oci {
     }
 
     /// The process: `sh -c SCRIPT`, no terminal.
-    fn script(&self, script: &str) {
+    pub(crate) fn script(&self, script: &str) {
         self.config(|v| {
             v["process"]["terminal"] = json!(false);
             v["process"]["args"] = json!(["sh", "-c", script]);
@@ -75,7 +100,7 @@ impl Oci {
         });
     }
 
-    fn create(&self) -> Outcome {
+    pub(crate) fn create(&self) -> Outcome {
         let pid_file = self.t.join("pid");
         self.run(&[
             "create",
@@ -87,22 +112,22 @@ impl Oci {
         ])
     }
 
-    fn state(&self) -> Value {
+    pub(crate) fn state(&self) -> Value {
         let out = self.run(&["state", &self.id]);
         assert!(out.success(), "{out}");
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("state JSON: {e}\n{out}"))
     }
 
-    fn status(&self) -> String {
+    pub(crate) fn status(&self) -> String {
         self.state()["status"].as_str().unwrap_or("").to_string()
     }
 
     /// A file the container wrote in its rootfs.
-    fn read(&self, rel: &str) -> String {
+    pub(crate) fn read(&self, rel: &str) -> String {
         fs::read_to_string(self.rootfs.join(rel)).unwrap_or_default()
     }
 
-    fn assert_gone(&self) {
+    pub(crate) fn assert_gone(&self) {
         assert!(
             !self.state.join(&self.id).exists(),
             "the state directory is left"
@@ -125,7 +150,7 @@ impl Drop for Oci {
 }
 
 /// The container's cgroup leaves (`unionrun/<id>` in any hierarchy).
-fn cgroup_leaves(id: &str) -> Vec<PathBuf> {
+pub(crate) fn cgroup_leaves(id: &str) -> Vec<PathBuf> {
     let out = Command::new("find")
         .args([
             "/sys/fs/cgroup",
@@ -145,7 +170,7 @@ fn cgroup_leaves(id: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-fn pid_of(v: &Value) -> i32 {
+pub(crate) fn pid_of(v: &Value) -> i32 {
     v["pid"].as_i64().unwrap_or(0) as i32
 }
 

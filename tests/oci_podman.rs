@@ -4,6 +4,7 @@
 //! as the runtime). The podman world is compat.rs's: private storage in a temp tree,
 //! `--cgroup-manager cgroupfs`, ulimits within the hard limits.
 
+use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
@@ -174,4 +175,78 @@ fn podman_with_unionfs_storage_and_unionrun_runtime_at_once() {
 /// `s` quoted for sh.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn podman_uidmap_gives_unionrun_a_user_namespace() {
+    let Some(p) = world(false) else { return };
+    let out = run(
+        &p,
+        &[
+            "--rm",
+            "--uidmap",
+            "0:100000:65536",
+            "--gidmap",
+            "0:100000:65536",
+            IMAGE,
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map; touch /tmp/x",
+        ],
+    );
+    assert!(out.success(), "{out}");
+    let mut lines = out.stdout.lines();
+    assert_eq!(lines.next(), Some("0"), "{out}");
+    let map: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(map, ["0", "100000", "65536"], "{out}");
+}
+
+#[test]
+fn rootless_podman_runs_execs_stops_and_removes_with_unionrun() {
+    if require_test_user().is_none() {
+        return;
+    }
+    let Some(p) = Podman::with(Some(TEST_USER), unionrun_bin(), false) else {
+        return;
+    };
+    let (uid, _) = user_ids(TEST_USER).unwrap();
+    let out = run(
+        &p,
+        &[
+            "--rm",
+            IMAGE,
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map; exit 3",
+        ],
+    );
+    assert_eq!(out.code(), Some(3), "{out}");
+    let mut lines = out.stdout.lines();
+    assert_eq!(lines.next(), Some("0"), "{out}");
+    let map: Vec<String> = lines
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(map[..2], ["0".to_string(), uid.to_string()], "{out}");
+    let out = run(&p, &["-d", "--name", "r1", IMAGE, "sleep", "100"]);
+    assert!(out.success(), "{out}");
+    let out = p.podman(&["exec", "r1", "sh", "-c", "echo exec-ok; exit 5"]);
+    assert_eq!(out.code(), Some(5), "{out}");
+    assert!(out.stdout.contains("exec-ok"), "{out}");
+    p.ok(&["stop", "-t", "1", "r1"]);
+    let state = p.ok(&["inspect", "-f", "{{.State.Status}}", "r1"]);
+    assert_eq!(state.stdout.trim(), "exited");
+    p.ok(&["rm", "r1"]);
+    // The runtime's records live in the user's XDG_RUNTIME_DIR, and none is left.
+    let records = p.t.join("xdg/unionrun");
+    let left: Vec<_> = fs::read_dir(&records)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "records left in {}: {left:?}",
+        records.display()
+    );
 }

@@ -13,6 +13,7 @@ mod metacopy;
 mod mount;
 mod oci;
 mod oci_podman;
+mod oci_userns;
 mod offline;
 mod oracle;
 mod passthrough;

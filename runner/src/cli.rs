@@ -195,7 +195,13 @@ pub fn default_state_root() -> PathBuf {
     }
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
-    if uid == 0 {
+    // Root of a user namespace (rootless podman calls its runtime that way) is not root
+    // of the host: runc's rule, and /run is not ours to write there.
+    let host_root = uid == 0
+        && (!in_user_namespace()
+            || std::env::var_os("XDG_RUNTIME_DIR").is_none()
+            || std::env::var("USER").is_ok_and(|u| u == "root"));
+    if host_root {
         return PathBuf::from("/run/unionrun");
     }
     if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
@@ -205,6 +211,13 @@ pub fn default_state_root() -> PathBuf {
         }
     }
     std::env::temp_dir().join(format!("unionrun-{uid}"))
+}
+
+/// Whether we run in a user namespace other than the initial one (whose uid map is the
+/// identity over every id).
+pub fn in_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
 }
 
 impl RunArgs {

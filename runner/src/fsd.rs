@@ -159,7 +159,8 @@ pub fn mountinfo_has(text: &str, mnt: &Path) -> bool {
         .any(|f| unescape(f) == want)
 }
 
-fn unescape(s: &str) -> Vec<u8> {
+/// Decodes mountinfo's octal escapes (`\040` for a space, ...).
+pub fn unescape(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -154,6 +154,8 @@ pub struct Bundle {
     pub mounts: Vec<MountOp>,
     /// linux.sysctl.
     pub sysctl: Vec<(String, String)>,
+    /// The maps of a new user namespace (linux.uidMappings/gidMappings).
+    pub userns: Option<crate::namespaces::idmap::IdMaps>,
 }
 
 impl Bundle {
@@ -233,9 +235,21 @@ impl Bundle {
             ));
         }
         let own = |f| namespaces.iter().any(|n: &Namespace| n.flag == f);
-        if own(CloneFlags::CLONE_NEWUSER) {
+        let userns = if own(CloneFlags::CLONE_NEWUSER) {
+            // SAFETY: geteuid/getegid cannot fail.
+            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            Some(super::userns::maps_of(&linux, uid, gid)?)
+        } else {
+            None
+        };
+        if !process.additional_gids.is_empty()
+            && userns
+                .as_ref()
+                .is_some_and(|m| !m.helpers && unsafe { libc::geteuid() } != 0)
+        {
             return Err(bad(
-                "user namespaces (linux.uidMappings) are not supported by unionrun's OCI mode yet",
+                "process.user.additionalGids cannot be set: an unprivileged user namespace \
+                 without newgidmap has setgroups denied",
             ));
         }
         let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
@@ -327,6 +341,7 @@ impl Bundle {
             hostname,
             mounts: ops,
             sysctl,
+            userns,
             spec,
         })
     }
@@ -481,11 +496,17 @@ fn convert_mount(m: &Mount, bundle: &Path, ops: &mut Vec<MountOp>) -> Result<(),
         }
         // cgroup (v1) hierarchies cannot be mounted one by one here; the container sees
         // the unified hierarchy of its cgroup namespace (docs/oci.md).
-        let fstype = if typ == "cgroup" {
-            "cgroup2".to_string()
-        } else {
-            typ
-        };
+        if typ == "cgroup" || typ == "cgroup2" {
+            ops.push(MountOp::Cgroup {
+                dst: dst.clone(),
+                flags: o.flags,
+            });
+            if let Some(p) = o.propagation {
+                ops.push(MountOp::Propagation { dst, flags: p });
+            }
+            return Ok(());
+        }
+        let fstype = typ;
         let data = (!o.data.is_empty()).then(|| o.data.join(","));
         ops.push(MountOp::Any {
             source: if source.as_os_str().is_empty() {

@@ -127,6 +127,19 @@ pub fn exec(store: &Store, a: &ExecArgs) -> Result<i32, OciError> {
             ns_fds.push((f, flag));
         }
     }
+    // The user namespace first, here: it gives us the capabilities the other joins need
+    // (an unprivileged owner of the container has none of its own).
+    if !same_ns(init_pid, "user") {
+        let f = std::fs::File::open(format!("/proc/{init_pid}/ns/user"))
+            .map_err(|e| OciError::io("open the container's user namespace", e))?;
+        // SAFETY: plain setns on an fd we own; we are single-threaded.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWUSER) } != 0 {
+            return Err(OciError::io(
+                "join the container's user namespace",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
     // The pid namespace is joined here: it applies to the children we fork.
     if !same_ns(init_pid, "pid") {
         let f = std::fs::File::open(format!("/proc/{init_pid}/ns/pid"))

@@ -220,7 +220,9 @@ fn become_inner(p: &ProcessPlan, sys: &dyn Syscall, keep_fds: u32) -> Result<Fai
         // Keep the permitted set across setuid, then set every set as asked.
         libc::prctl(libc::PR_SET_KEEPCAPS, 1);
         let gids: Vec<libc::gid_t> = p.additional_gids.clone();
-        if libc::setgroups(gids.len(), gids.as_ptr()) != 0 {
+        // Denied (an unprivileged user namespace): there are no groups to drop either.
+        let denied = gids.is_empty() && super::userns::setgroups_denied();
+        if !denied && libc::setgroups(gids.len(), gids.as_ptr()) != 0 {
             return Err(errno_fail("setgroups"));
         }
         if libc::setresgid(p.gid, p.gid, p.gid) != 0 {
@@ -293,6 +295,9 @@ fn write_line(fd: &OwnedFd, line: &str) {
 
 /// The steps up to "ready".
 fn prepare(b: &Bundle, fds: &ChildFds, sys: &dyn Syscall, state: &str) -> Result<(), Failure> {
+    if b.userns.is_some() {
+        super::userns::become_root().map_err(|e| fail(EXIT_RUNNER, e))?;
+    }
     join_namespaces(b)?;
     // In the cgroup already (create moved us): a cgroup namespace made now is rooted there.
     if b.has_new(CloneFlags::CLONE_NEWCGROUP) {

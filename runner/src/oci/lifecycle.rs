@@ -387,6 +387,10 @@ pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciErr
         cg.add_task(pid)
             .map_err(|e| OciError::Container(e.to_string()))?;
     }
+    if let Some(m) = &bundle.userns {
+        crate::namespaces::idmap::write(pid, m)
+            .map_err(|e| OciError::Container(crate::error::one_line(&e)))?;
+    }
     saved.init = ProcId::of(pid);
     store.save(&saved)?;
     run_hooks(&saved, store, Hook::CreateRuntime)?;

@@ -16,6 +16,7 @@ pub mod init;
 pub mod lifecycle;
 pub mod seccomp;
 pub mod store;
+pub mod userns;
 
 use thiserror::Error;
 

@@ -71,6 +71,15 @@ pub enum MountOp {
         /// Options.
         data: Option<String>,
     },
+    /// The container's cgroup tree: a fresh cgroup2 mount (rooted at the cgroup
+    /// namespace), or, where the kernel refuses that (a user namespace without a cgroup
+    /// namespace of its own), the process's own cgroup2 directory bound from the host.
+    Cgroup {
+        /// Container path.
+        dst: PathBuf,
+        /// MS_* flags (MS_RDONLY, MS_NOSUID, ...).
+        flags: MsFlags,
+    },
     /// A mount as an OCI config.json lists it (any type, source and options).
     Any {
         /// Filesystem type.
@@ -151,6 +160,7 @@ impl fmt::Display for MountOp {
                 dst.display(),
                 data.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
             ),
+            MountOp::Cgroup { dst, .. } => write!(f, "mount cgroup2 on {}", dst.display()),
             MountOp::Any {
                 fstype, dst, data, ..
             } => write!(
@@ -310,6 +320,27 @@ fn run_op(op: &MountOp, root: &Path, sys: &dyn Syscall) -> Result<(), SysError> 
                 *flags,
                 data.as_deref(),
             )
+        }
+        MountOp::Cgroup { dst, flags } => {
+            let t = sys.open_in_root(root, dst, Create::Dir)?;
+            let fresh = sys.mount(
+                Some(Path::new("cgroup2")),
+                &t,
+                Some("cgroup2"),
+                *flags,
+                None,
+            );
+            match fresh {
+                Err(e) if e.errno() == Some(libc::EPERM) => {
+                    let Some(own) = mounts::own_cgroup2_dir() else {
+                        return Err(e);
+                    };
+                    sys.mount(Some(&own), &t, None, MsFlags::MS_BIND, None)?;
+                    let t = sys.open_in_root(root, dst, Create::Nothing)?;
+                    sys.mount_setattr(&t, false, mounts::attrs_of(*flags), 0)
+                }
+                other => other,
+            }
         }
         MountOp::Any {
             fstype,

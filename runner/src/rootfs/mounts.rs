@@ -2,6 +2,7 @@
 //! and read-only paths. Each function appends its [`MountOp`]s; the lists and flags follow
 //! runc's defaults (`libcontainer/specconv/example.go`) and bubblewrap's `--dev`.
 
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -163,4 +164,41 @@ pub fn mask(root: &Path, dst: &Path, sys: &dyn Syscall) -> Result<(), SysError> 
             None,
         )
     }
+}
+
+/// The calling process's own cgroup2 directory on the host: the cgroup2 mount in
+/// mountinfo joined with the `0::` path of /proc/self/cgroup.
+pub fn own_cgroup2_dir() -> Option<PathBuf> {
+    let own = crate::cgroups::OwnCgroups::current().v2?;
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    cgroup2_dir_in(&mi, &own)
+}
+
+/// [`own_cgroup2_dir`] over mountinfo text and the process's cgroup2 path.
+pub fn cgroup2_dir_in(mountinfo: &str, own: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let f: Vec<&str> = pre.split_whitespace().collect();
+        let (mount_root, mount_point) = (f.get(3)?, f.get(4)?);
+        let rel = Path::new(own).strip_prefix(mount_root).ok()?;
+        let point = std::ffi::OsString::from_vec(crate::fsd::unescape(mount_point));
+        let dir = Path::new(&point).join(rel);
+        dir.is_dir().then_some(dir)
+    })
+}
+
+/// The MOUNT_ATTR_* bits for the MS_* flags a bind mount cannot take at once.
+pub fn attrs_of(flags: MsFlags) -> u64 {
+    [
+        (MsFlags::MS_RDONLY, super::ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, 0x2),
+        (MsFlags::MS_NODEV, 0x4),
+        (MsFlags::MS_NOEXEC, 0x8),
+    ]
+    .iter()
+    .filter(|(f, _)| flags.contains(*f))
+    .fold(0, |a, (_, b)| a | b)
 }

@@ -154,3 +154,35 @@ fn overlay_root_and_its_options() {
     );
     assert_eq!(p.ops[1], MountOp::OverlayRoot { data: d });
 }
+
+#[test]
+fn own_cgroup2_dir_is_found_below_the_cgroup2_mount() {
+    let t = tempfile::tempdir().unwrap();
+    let point = t.path().join("uni fied");
+    std::fs::create_dir_all(point.join("a/b")).unwrap();
+    std::fs::create_dir_all(point.join("b")).unwrap();
+    let esc = point.display().to_string().replace(' ', "\\040");
+    let mi = format!(
+        "20 1 8:1 / / rw - ext4 /dev/vda rw\n\
+         30 20 0:26 / {esc} rw,nosuid - cgroup2 cgroup2 rw\n"
+    );
+    assert_eq!(mounts::cgroup2_dir_in(&mi, "/a/b"), Some(point.join("a/b")));
+    // A cgroup2 mount rooted lower (a cgroup namespace's view) is joined relative to it.
+    let mi_rooted = mi.replace("0:26 / ", "0:26 /a ");
+    assert_eq!(
+        mounts::cgroup2_dir_in(&mi_rooted, "/a/b"),
+        Some(point.join("b"))
+    );
+    assert_eq!(mounts::cgroup2_dir_in(&mi, "/missing"), None);
+    assert_eq!(
+        mounts::cgroup2_dir_in("20 1 8:1 / / rw - ext4 x rw\n", "/a"),
+        None
+    );
+}
+
+#[test]
+fn cgroup_bind_attrs_follow_the_flags() {
+    let f = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    assert_eq!(mounts::attrs_of(f), 0xf);
+    assert_eq!(mounts::attrs_of(MsFlags::MS_RELATIME), 0);
+}
