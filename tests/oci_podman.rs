@@ -1,7 +1,9 @@
 //! podman calling `unionrun` as its OCI runtime (`podman --runtime .../unionrun`), the way
 //! an engine runs containers: run, exit codes, run -d + exec + stop + rm, a tty, limits,
-//! and both parts of the project at once (unionfs as the overlay mount_program, unionrun
-//! as the runtime). The podman world is compat.rs's: private storage in a temp tree,
+//! a runtime killed during create, a user namespace, rootless podman. Each scenario runs
+//! with vfs storage and again with both parts of the project at once (unionfs as the
+//! overlay mount_program, unionrun as the runtime). The podman world is compat.rs's:
+//! private storage in a temp tree,
 //! `--cgroup-manager cgroupfs`, ulimits within the hard limits.
 
 use std::fs;
@@ -41,11 +43,9 @@ fn assert_nothing_left(cid: &str) {
     assert!(out.stdout.trim().is_empty(), "cgroups left: {}", out.stdout);
 }
 
-#[test]
-fn podman_runs_execs_stops_and_removes_with_unionrun() {
-    let Some(p) = world(false) else { return };
+fn run_exec_stop_rm(p: &Podman) {
     let out = run(
-        &p,
+        p,
         &[
             "--rm",
             IMAGE,
@@ -58,7 +58,7 @@ fn podman_runs_execs_stops_and_removes_with_unionrun() {
     assert!(out.stdout.contains("hi-from-"), "{out}");
     // podman's default seccomp profile is in force, and the capabilities are podman's.
     let out = run(
-        &p,
+        p,
         &[
             "--rm",
             IMAGE,
@@ -74,7 +74,7 @@ fn podman_runs_execs_stops_and_removes_with_unionrun() {
         "not every capability: {out}"
     );
 
-    let out = run(&p, &["-d", "--name", "c1", IMAGE, "sleep", "100"]);
+    let out = run(p, &["-d", "--name", "c1", IMAGE, "sleep", "100"]);
     assert!(out.success(), "{out}");
     let cid = out.stdout.trim().to_string();
     let out = p.podman(&["exec", "c1", "sh", "-c", "echo exec-ok; exit 5"]);
@@ -95,11 +95,9 @@ fn podman_runs_execs_stops_and_removes_with_unionrun() {
     assert_nothing_left(&cid);
 }
 
-#[test]
-fn podman_limits_reach_the_container_cgroup() {
-    let Some(p) = world(false) else { return };
+fn limits(p: &Podman) {
     let out = run(
-        &p,
+        p,
         &[
             "-d",
             "--name",
@@ -136,9 +134,7 @@ fn podman_limits_reach_the_container_cgroup() {
     assert_nothing_left(&cid);
 }
 
-#[test]
-fn podman_it_gets_a_tty_from_unionrun() {
-    let Some(p) = world(false) else { return };
+fn tty(p: &Podman) {
     let log = p.t.join("typescript");
     // podman -it needs a terminal: script(1) gives it one.
     let mut args = vec!["run", "--rm", "-it", "--network", "none"];
@@ -166,10 +162,101 @@ fn podman_it_gets_a_tty_from_unionrun() {
     assert!(seen.contains("in-a-tty"), "{seen}\n{out}");
 }
 
+/// A runtime killed during `create` (by a createRuntime hook from podman's hooks dir):
+/// podman reports the failure, and nothing of the container is left.
+fn killed_runtime(p: &Podman) {
+    let hooks = p.t.mkdir("hooks");
+    let killer = p.t.write(
+        "killer.sh",
+        format!(
+            "#!/bin/sh\ncat > {0}/state.json\nkill -9 $PPID\n",
+            p.t.path().display()
+        ),
+    );
+    fs::set_permissions(&killer, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    p.t.write(
+        "hooks/kill.json",
+        serde_json::json!({"version": "1.0.0", "hook": {"path": killer},
+                           "when": {"always": true}, "stages": ["createRuntime"]})
+        .to_string(),
+    );
+    let mut args = vec!["--hooks-dir", hooks.to_str().unwrap(), "run", "--rm"];
+    args.extend_from_slice(&["--network", "none"]);
+    args.extend_from_slice(ULIMITS);
+    args.extend_from_slice(&[IMAGE, "true"]);
+    let out = p.podman(&args);
+    assert!(!out.success(), "{out}");
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(p.t.join("state.json")).unwrap()).unwrap();
+    let cid = state["id"].as_str().unwrap().to_string();
+    let pid = state["pid"].as_i64().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists()),
+        "the container's process is gone"
+    );
+    assert_nothing_left(&cid);
+    let ps = p.ok(&["ps", "-aq"]);
+    assert!(ps.stdout.trim().is_empty(), "{ps}");
+}
+
+// Each scenario with podman's vfs storage, and with unionfs as podman's overlay
+// mount_program (both parts of the project at once).
+
 #[test]
-fn podman_with_unionfs_storage_and_unionrun_runtime_at_once() {
+fn podman_runs_execs_stops_and_removes_with_unionrun() {
+    let Some(p) = world(false) else { return };
+    run_exec_stop_rm(&p);
+}
+
+#[test]
+fn podman_on_unionfs_runs_execs_stops_and_removes_with_unionrun() {
     let Some(p) = world(true) else { return };
+    run_exec_stop_rm(&p);
     p.round_trip();
+}
+
+#[test]
+fn podman_limits_reach_the_container_cgroup() {
+    let Some(p) = world(false) else { return };
+    limits(&p);
+}
+
+#[test]
+fn podman_on_unionfs_limits_reach_the_container_cgroup() {
+    let Some(p) = world(true) else { return };
+    limits(&p);
+}
+
+#[test]
+fn podman_it_gets_a_tty_from_unionrun() {
+    let Some(p) = world(false) else { return };
+    tty(&p);
+}
+
+#[test]
+fn podman_on_unionfs_it_gets_a_tty_from_unionrun() {
+    let Some(p) = world(true) else { return };
+    tty(&p);
+}
+
+#[test]
+fn podman_with_a_killed_runtime_leaves_nothing() {
+    let Some(p) = world(false) else { return };
+    killed_runtime(&p);
+}
+
+#[test]
+fn podman_on_unionfs_with_a_killed_runtime_leaves_nothing() {
+    let Some(p) = world(true) else { return };
+    killed_runtime(&p);
+    assert!(
+        p.our_mounts().is_empty(),
+        "mounts left: {:?}",
+        p.our_mounts()
+    );
 }
 
 /// `s` quoted for sh.

@@ -208,9 +208,7 @@ impl Bundle {
                 return Err(bad(format!("namespace {:?} is listed twice", ns.typ())));
             }
             let path = ns.path().clone();
-            if path.is_some()
-                && matches!(flag, CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUSER)
-            {
+            if path.is_some() && flag == CloneFlags::CLONE_NEWUSER {
                 return Err(bad(format!(
                     "joining an existing {:?} namespace (path) is not supported yet",
                     ns.typ()
@@ -353,6 +351,14 @@ impl Bundle {
             .iter()
             .filter(|n| n.path.is_none() && n.flag != CloneFlags::CLONE_NEWCGROUP)
             .fold(CloneFlags::empty(), |f, n| f | n.flag)
+    }
+
+    /// The path of a namespace of this type to join, if the config names one.
+    pub fn join_path(&self, flag: CloneFlags) -> Option<&Path> {
+        self.namespaces
+            .iter()
+            .find(|n| n.flag == flag)
+            .and_then(|n| n.path.as_deref())
     }
 
     /// Whether the container gets a namespace of this type of its own (new).

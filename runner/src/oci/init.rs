@@ -89,6 +89,10 @@ fn container_hooks(b: &Bundle, start: bool, state: &str) -> Result<(), Failure> 
 fn join_namespaces(b: &Bundle) -> Result<(), Failure> {
     for ns in &b.namespaces {
         let Some(p) = &ns.path else { continue };
+        if ns.flag == CloneFlags::CLONE_NEWPID {
+            // Joined by `create` before the clone: we were born in it.
+            continue;
+        }
         let f = std::fs::File::open(p)
             .map_err(|e| fail(EXIT_RUNNER, format!("open namespace {}: {e}", p.display())))?;
         // SAFETY: plain setns on an fd we own.

@@ -361,10 +361,18 @@ pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciErr
     };
     let (go_rd, go_wr) = pipe()?;
     let (sync_rd, sync_wr) = pipe()?;
+    // A pid namespace to join applies to the children we make: entered around the clone.
+    let pid_ns = bundle
+        .join_path(nix::sched::CloneFlags::CLONE_NEWPID)
+        .map(PidNsFor::enter)
+        .transpose()?;
     // SAFETY: single-threaded; the child never returns from child_main.
-    let pid = match unsafe { clone_process(bundle.clone_flags()) }
-        .map_err(|e| OciError::Container(crate::error::one_line(&e)))?
-    {
+    let cloned = unsafe { clone_process(bundle.clone_flags()) };
+    // Only the parent goes back (the child is in the namespace for good).
+    if let (Some(ns), Ok(Forked::Parent(_)) | Err(_)) = (pid_ns, &cloned) {
+        ns.leave()?;
+    }
+    let pid = match cloned.map_err(|e| OciError::Container(crate::error::one_line(&e)))? {
         Forked::Child => {
             drop(go_wr);
             drop(sync_rd);
@@ -424,6 +432,37 @@ pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciErr
 }
 
 /// The pid file, written whole or not at all (a temp file renamed over).
+/// Our children's pid namespace switched to another one, and back.
+struct PidNsFor {
+    own: std::fs::File,
+}
+
+impl PidNsFor {
+    fn enter(path: &Path) -> Result<PidNsFor, OciError> {
+        let own = std::fs::File::open("/proc/self/ns/pid_for_children")
+            .map_err(|e| OciError::io("open our pid namespace", e))?;
+        let target = std::fs::File::open(path)
+            .map_err(|e| OciError::io(format!("open namespace {}", path.display()), e))?;
+        setns(&target, libc::CLONE_NEWPID)
+            .map_err(|e| OciError::io(format!("join namespace {}", path.display()), e))?;
+        Ok(PidNsFor { own })
+    }
+
+    fn leave(self) -> Result<(), OciError> {
+        setns(&self.own, libc::CLONE_NEWPID)
+            .map_err(|e| OciError::io("return to our pid namespace", e))
+    }
+}
+
+fn setns(f: &std::fs::File, flag: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain setns on an fd we own.
+    if unsafe { libc::setns(f.as_raw_fd(), flag) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub(super) fn write_pid_file(p: &Path, pid: i32) -> Result<(), OciError> {
     let tmp = p.with_extension("unionrun-tmp");
     std::fs::write(&tmp, pid.to_string())

@@ -1,6 +1,7 @@
-//! User namespaces in OCI mode: linux.uidMappings/gidMappings written by `create` as
-//! root (the container's root is another host id), and the whole lifecycle as an
-//! unprivileged user with `spec --rootless` (runc's rootless mode), exec included.
+//! Namespaces in OCI mode: user namespaces (linux.uidMappings/gidMappings written by
+//! `create` as root, so the container's root is another host id; the whole lifecycle as
+//! an unprivileged user with `spec --rootless`, runc's rootless mode, exec included), and
+//! joining another container's pid namespace by path.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -130,4 +131,50 @@ fn rootless_mapping_other_ids_without_helpers_is_refused_in_one_line() {
     assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
     assert!(out.stderr.contains("gidMappings"), "{out}");
     assert!(!o.state.join(&o.id).exists(), "nothing left");
+}
+
+#[test]
+fn a_pid_namespace_is_joined_by_path() {
+    let Some(a) = Oci::new("pidns-a") else { return };
+    let Some(b) = Oci::new("pidns-b") else { return };
+    a.script("exec sleep 60");
+    assert!(a.create().success());
+    assert!(a.run(&["start", &a.id]).success());
+    let a_pid = pid_of(&a.state());
+    b.script("cat /proc/1/cmdline > /tmp/one; echo $$ > /tmp/me");
+    let ns = format!("/proc/{a_pid}/ns/pid");
+    b.config(|v| {
+        for n in v["linux"]["namespaces"].as_array_mut().unwrap() {
+            if n["type"] == "pid" {
+                n["path"] = json!(ns);
+            }
+        }
+    });
+    let out = b.create();
+    assert!(out.success(), "{out}");
+    let b_pid = pid_of(&b.state());
+    let ns_of = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    assert_eq!(
+        ns_of(b_pid),
+        ns_of(a_pid),
+        "b was born in a's pid namespace"
+    );
+    assert_ne!(
+        fs::read_link("/proc/self/ns/pid").unwrap(),
+        ns_of(a_pid),
+        "not we"
+    );
+    assert!(b.run(&["start", &b.id]).success());
+    assert!(wait_until(Duration::from_secs(10), || b.status() == "stopped"));
+    assert_eq!(
+        b.read("tmp/one"),
+        "sleep\u{0}60\u{0}",
+        "PID 1 there is a's process"
+    );
+    let me: i32 = b.read("tmp/me").trim().parse().unwrap();
+    assert!(me > 1, "b is not PID 1 in a's namespace: {me}");
+    assert!(b.run(&["delete", &b.id]).success());
+    assert!(a.run(&["delete", "--force", &a.id]).success());
+    b.assert_gone();
+    a.assert_gone();
 }
