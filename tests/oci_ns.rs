@@ -14,6 +14,7 @@ use crate::util::*;
 
 /// A script that records what the container sees, then waits to be exec'd into.
 const SEE: &str = "id -u > /tmp/uid; cat /proc/self/uid_map > /tmp/map; \
+                   cat /proc/self/oom_score_adj > /tmp/oom; \
                    touch /tmp/made; echo up > /tmp/up; exec sleep 60";
 
 /// `exec ID sh -c SCRIPT` output, asserting exit code `want`.
@@ -44,6 +45,8 @@ fn a_user_namespace_maps_the_container_root_onto_another_host_id() {
             .push(json!({"type": "user"}));
         v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
         v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        // Written by the process after its credentials changed.
+        v["process"]["oomScoreAdj"] = json!(100);
     });
     // As with runc, the rootfs must belong to the mapped root to be writable.
     chown_tree(&o.rootfs, 100000, 100000);
@@ -52,6 +55,7 @@ fn a_user_namespace_maps_the_container_root_onto_another_host_id() {
     assert!(wait_until(Duration::from_secs(10), || o.read("tmp/up") == "up\n"));
     assert_eq!(o.read("tmp/uid").trim(), "0");
     assert_eq!(first_map_line(&o.read("tmp/map")), ["0", "100000", "65536"]);
+    assert_eq!(o.read("tmp/oom").trim(), "100");
     let made = fs::metadata(o.rootfs.join("tmp/made")).unwrap();
     assert_eq!((made.uid(), made.gid()), (100000, 100000));
     // exec joins the user namespace too.

@@ -205,12 +205,27 @@ pub fn limits(p: &ProcessPlan) -> Result<(), Failure> {
 
 /// The user switch and capability sets, then exec. Returns only on failure.
 pub fn become_process(p: &ProcessPlan, sys: &dyn Syscall, keep_fds: u32) -> Failure {
-    match become_inner(p, sys, keep_fds) {
+    become_process_then(p, sys, keep_fds, &|| Ok(()))
+}
+
+/// [`become_process`], running `last` once the process has its ids and capabilities.
+fn become_process_then(
+    p: &ProcessPlan,
+    sys: &dyn Syscall,
+    keep_fds: u32,
+    last: &dyn Fn() -> Result<(), Failure>,
+) -> Failure {
+    match become_inner(p, sys, keep_fds, last) {
         Ok(f) | Err(f) => f,
     }
 }
 
-fn become_inner(p: &ProcessPlan, sys: &dyn Syscall, keep_fds: u32) -> Result<Failure, Failure> {
+fn become_inner(
+    p: &ProcessPlan,
+    sys: &dyn Syscall,
+    keep_fds: u32,
+    last: &dyn Fn() -> Result<(), Failure>,
+) -> Result<Failure, Failure> {
     // Without no_new_privs the filter needs CAP_SYS_ADMIN to go in: before the
     // capabilities go (runc's order; the profile must then allow what follows).
     if !p.no_new_privs {
@@ -258,6 +273,7 @@ fn become_inner(p: &ProcessPlan, sys: &dyn Syscall, keep_fds: u32) -> Result<Fai
     if p.no_new_privs {
         sys.no_new_privs().map_err(|e| fail(EXIT_RUNNER, e))?;
     }
+    last()?;
     let cmd = p.args[0].to_string_lossy().into_owned();
     // runc's words: engines (podman) map them to exit codes 127 and 126.
     let exe = resolve(&cmd, &p.path).map_err(|(code, msg)| match code {
@@ -301,6 +317,23 @@ fn write_line(fd: &OwnedFd, line: &str) {
 fn prepare(b: &Bundle, fds: &ChildFds, sys: &dyn Syscall, state: &str) -> Result<(), Failure> {
     if b.userns.is_some() {
         super::userns::become_root().map_err(|e| fail(EXIT_RUNNER, e))?;
+        // The credential change cleared the death signal and made us non-dumpable (our
+        // /proc files then belong to the host's root: oom_score_adj could not be
+        // written). Set both again, and leave if `create` died meanwhile.
+        // SAFETY: plain prctl and getppid.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            libc::prctl(libc::PR_SET_DUMPABLE, 1);
+            // `create` reads the sync pipe until "ready": a closed reader means it is gone.
+            let mut p = libc::pollfd {
+                fd: fds.sync.as_raw_fd(),
+                events: 0,
+                revents: 0,
+            };
+            if libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLERR != 0 {
+                libc::_exit(EXIT_RUNNER);
+            }
+        }
     }
     join_namespaces(b)?;
     // In the cgroup already (create moved us): a cgroup namespace made now is rooted there.
@@ -366,12 +399,10 @@ pub fn child_main(b: &Bundle, fds: ChildFds) -> ! {
         // SAFETY: as above.
         unsafe { libc::_exit(EXIT_RUNNER) };
     }
-    if let Err((code, msg)) = container_hooks(b, true, &state) {
-        eprintln!("unionrun: {msg}");
-        // SAFETY: as above.
-        unsafe { libc::_exit(code) };
-    }
-    let (code, msg) = become_process(&b.process, &sys, fds.preserve);
+    // startContainer hooks run as the process will (its user, capabilities and, without
+    // no_new_privs, its seccomp filter), right before exec: runc's order.
+    let hooks = || container_hooks(b, true, &state);
+    let (code, msg) = become_process_then(&b.process, &sys, fds.preserve, &hooks);
     eprintln!("unionrun: {msg}");
     // SAFETY: as above.
     unsafe { libc::_exit(code) }

@@ -376,16 +376,21 @@ pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciErr
         Forked::Child => {
             drop(go_wr);
             drop(sync_rd);
-            init::child_main(
-                &bundle,
-                ChildFds {
-                    go: go_rd,
-                    sync: sync_wr,
-                    fifo: fifo_fd,
-                    console,
-                    preserve: a.preserve_fds,
-                },
-            )
+            // Never unwind out of here: the parent's cleanup (Creating's Drop) is below.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                init::child_main(
+                    &bundle,
+                    ChildFds {
+                        go: go_rd,
+                        sync: sync_wr,
+                        fifo: fifo_fd,
+                        console,
+                        preserve: a.preserve_fds,
+                    },
+                )
+            }));
+            // SAFETY: leaving the forked child without destructors.
+            unsafe { libc::_exit(crate::error::EXIT_RUNNER) }
         }
         Forked::Parent(pid) => pid,
     };
@@ -431,7 +436,6 @@ pub fn create(store: &Store, a: &CreateArgs, systemd: bool) -> Result<(), OciErr
     Ok(())
 }
 
-/// The pid file, written whole or not at all (a temp file renamed over).
 /// Our children's pid namespace switched to another one, and back.
 struct PidNsFor {
     own: std::fs::File,
@@ -463,6 +467,7 @@ fn setns(f: &std::fs::File, flag: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The pid file, written whole or not at all (a temp file renamed over).
 pub(super) fn write_pid_file(p: &Path, pid: i32) -> Result<(), OciError> {
     let tmp = p.with_extension("unionrun-tmp");
     std::fs::write(&tmp, pid.to_string())

@@ -337,7 +337,10 @@ fn run_op(op: &MountOp, root: &Path, sys: &dyn Syscall) -> Result<(), SysError> 
                     };
                     sys.mount(Some(&own), &t, None, MsFlags::MS_BIND, None)?;
                     let t = sys.open_in_root(root, dst, Create::Nothing)?;
-                    sys.mount_setattr(&t, false, mounts::attrs_of(*flags), 0)
+                    // Read-only whatever the config says: without a cgroup of the
+                    // container's own this is the caller's (conmon's, a session's).
+                    let attrs = mounts::attrs_of(*flags | MsFlags::MS_RDONLY);
+                    sys.mount_setattr(&t, false, attrs, 0)
                 }
                 other => other,
             }
