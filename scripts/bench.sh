@@ -50,6 +50,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
+# FUSE over io_uring where the kernel has it ("ours" then uses it; "ours-uring-off" not).
+uring=/sys/module/fuse/parameters/enable_uring
+[ -e "$uring" ] && echo Y > "$uring"
+
 # Debian's python3 (it sees python3-matplotlib); any python3 >= 3.9 works without the plot
 # module (an SVG is written instead).
 py=/usr/bin/python3

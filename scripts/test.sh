@@ -6,8 +6,11 @@
 #      fusermount3 as an unprivileged user, and fusermount3 opens /dev/fuse as that user);
 #   3. creates the unprivileged test user `unionfs-test` if absent, with /etc/subuid and
 #      /etc/subgid ranges (rootless podman);
-#   4. builds every binary (debug), then runs `cargo test --workspace`, passing extra
-#      arguments through: `scripts/test.sh -- --nocapture`, `scripts/test.sh -- cli::`.
+#   4. turns on FUSE over io_uring where the kernel has it (enable_uring=Y);
+#   5. builds every binary (debug), then runs `cargo test --workspace`, passing extra
+#      arguments through: `scripts/test.sh -- --nocapture`, `scripts/test.sh -- cli::`;
+#      where the kernel has io_uring, the integration suite runs a second time with
+#      UNIONFS_URING=off, so both transports are tested.
 #
 # The rootless tests copy the unionfs binary into their own world-readable temp dir, so the
 # checkout may live anywhere (e.g. under /root, mode 0700). With CI=true (set by .ci/run) a
@@ -59,6 +62,17 @@ fi
 chmod 0666 /dev/fuse
 ls -l /dev/fuse
 
+step "FUSE over io_uring"
+# Linux 6.14+ built with CONFIG_FUSE_IO_URING has the parameter; root turns it on so the
+# suite runs over the ring (the daemon's default, uring=auto, then uses it).
+uring=/sys/module/fuse/parameters/enable_uring
+if [ -e "$uring" ]; then
+    echo Y > "$uring"
+    echo "enable_uring: $(cat "$uring")"
+else
+    echo "this kernel has no FUSE over io_uring: the suite runs over /dev/fuse only"
+fi
+
 step "test user"
 if ! id -u unionfs-test >/dev/null 2>&1; then
     useradd -m unionfs-test
@@ -77,6 +91,15 @@ step "build (cargo build --workspace --bins)"
 cargo build --workspace --bins
 
 step "test (cargo test --workspace --no-fail-fast $*)"
-cargo test --workspace --no-fail-fast "$@"
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=$?
+
+if [ -e "$uring" ]; then
+    # The same integration suite again over the classic transport (the first run had the
+    # ring: auto with enable_uring on).
+    step "test over /dev/fuse (UNIONFS_URING=off cargo test --test tests $*)"
+    UNIONFS_URING=off cargo test --no-fail-fast --test tests "$@" || status=$?
+fi
+[ "$status" -eq 0 ] || die "tests failed"
 
 step "all tests passed in $((SECONDS - start)) s"

@@ -22,3 +22,4 @@ mod runner;
 mod snapshots;
 mod tools;
 mod unionfs_fuse;
+mod uring;

@@ -106,6 +106,7 @@ fn fuse_config(cfg: &MountConfig) -> FuseConfig {
     // passthrough writers) must leave threads to serve that RELEASE.
     c.n_threads = Some((cores * 2).clamp(8, 16));
     c.clone_fd = true;
+    c.uring = cfg.uring;
     c
 }
 

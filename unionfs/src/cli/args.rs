@@ -85,6 +85,11 @@ Union options (-o):
                             with ETXTBSY); off: every read and write goes via the daemon.
                             With passthrough, `ctl snapshot` (and `ctl mode ro`) wait up to
                             2 s for files open for writing on the branch, then refuse
+  uring=off|auto|on         FUSE over io_uring (Linux 6.14+ with Y in
+                            /sys/module/fuse/parameters/enable_uring): requests and replies
+                            go through io_uring queues instead of /dev/fuse reads and
+                            writes. auto (default): when the kernel offers it; on: required
+                            (the mount fails where it is not offered); off: /dev/fuse
   allow_other               let other users use the mount (needs user_allow_other in
                             /etc/fuse.conf when not root)
   allow_root                let root use a user's mount

@@ -91,6 +91,8 @@ pub struct MountConfig {
     pub preserve_branch: bool,
     /// `-o passthrough=off|auto|on`: FUSE passthrough of file io (kernel 6.9+).
     pub passthrough: crate::fuse::PassthroughMode,
+    /// `-o uring=off|auto|on`: FUSE over io_uring (Linux 6.14+, enable_uring on).
+    pub uring: fuser::UringMode,
 }
 
 /// Generic mount options that `mount`, fstab and mount.fuse3 pass along; accepted and
@@ -318,6 +320,12 @@ impl MountConfig {
             hide_meta_files: false,
             max_files: None,
             passthrough: Default::default(),
+            // The default can come from the environment (the test suite runs once per
+            // transport).
+            uring: match std::env::var("UNIONFS_URING") {
+                Ok(v) => parse_uring(&v).map_err(|e| usage(format!("UNIONFS_URING: {e}")))?,
+                Err(_) => fuser::UringMode::Auto,
+            },
             statfs_omit_ro: false,
             chroot: None,
             preserve_branch: false,
@@ -419,6 +427,7 @@ impl MountConfig {
                     // ---- fuse-overlayfs / containers-storage (docs/compat.md) ----
                     // Honoured: kernel cache timeout for names and attributes.
                     "passthrough" => cfg.passthrough = need(v)?.parse().map_err(usage)?,
+                    "uring" => cfg.uring = parse_uring(&need(v)?).map_err(usage)?,
                     "timeout" => {
                         let t = parse_secs(k, &need(v)?)?;
                         cfg.ttl.entry = t;
@@ -669,6 +678,16 @@ fn canonical_dir(p: &str, what: &str) -> Result<PathBuf, CliError> {
         return Err(usage(format!("{what} {p} is not a directory")));
     }
     std::fs::canonicalize(path).map_err(|e| usage(format!("{what} {p}: {e}")))
+}
+
+/// `uring=off|auto|on`.
+fn parse_uring(v: &str) -> Result<fuser::UringMode, String> {
+    match v {
+        "off" | "0" | "no" => Ok(fuser::UringMode::Off),
+        "auto" => Ok(fuser::UringMode::Auto),
+        "on" | "1" | "yes" => Ok(fuser::UringMode::On),
+        _ => Err(format!("option uring={v}: expected off, auto or on")),
+    }
 }
 
 #[cfg(test)]

@@ -221,6 +221,7 @@ fn print(op_json: Option<bool>, is_list: bool, is_stats: bool, data: &serde_json
                 "passthrough opens: {} ({} inodes now)",
                 s.passthrough_opens, s.passthrough_inodes
             );
+            println!("io_uring requests: {}", s.uring_requests);
         }
     } else if let Some(p) = data.get("path").and_then(|p| p.as_str()) {
         println!("{p}");

@@ -149,6 +149,9 @@ pub struct StatsInfo {
     /// Inodes with passthrough handles open now.
     #[serde(default)]
     pub passthrough_inodes: u64,
+    /// Requests that came through FUSE over io_uring (0: the ring is not in use).
+    #[serde(default)]
+    pub uring_requests: u64,
 }
 
 /// FNV-1a: a stable hash of the mount point for the socket name.

@@ -148,6 +148,7 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
                 passthrough_opens: u.stats.passthrough_opens.load(Relaxed),
                 passthrough_inodes: ctl.passthrough_inodes() as u64,
                 nodes: ctl.nodes() as u64,
+                uring_requests: fuser::uring_requests_served(),
             };
             return Response::ok(serde_json::to_value(s).unwrap_or_default());
         }

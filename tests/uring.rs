@@ -1,0 +1,185 @@
+//! FUSE over io_uring (`-o uring=off|auto|on`): the ring serves the requests when the
+//! kernel offers it and /dev/fuse when off (counted by `ctl stats`); `on` where the kernel
+//! does not offer it is refused in one line, with nothing mounted; a daemon killed with
+//! requests in flight on the ring leaves a mount that `fusermount3 -u` removes and an
+//! upper with nothing partial.
+//!
+//! The kernel side is the fuse module's `enable_uring` parameter (scripts/test.sh sets
+//! it). The one test that flips it holds `KNOB`, as does every test here that needs it on;
+//! it puts the old value back on drop, also on panic.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::ctl::{ctl, mount_with};
+use crate::util::*;
+
+const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+static KNOB: Mutex<()> = Mutex::new(());
+
+fn knob() -> std::sync::MutexGuard<'static, ()> {
+    KNOB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn uring_enabled() -> bool {
+    fs::read_to_string(PARAM).is_ok_and(|v| v.trim() == "Y")
+}
+
+fn require_uring() -> bool {
+    require_root()
+        && require(
+            uring_enabled(),
+            "needs FUSE over io_uring: Linux 6.14+ built with CONFIG_FUSE_IO_URING and Y in \
+             /sys/module/fuse/parameters/enable_uring (scripts/test.sh sets it)",
+        )
+}
+
+fn uring_requests(mnt: &Path) -> u64 {
+    let out = ctl(mnt, &["stats", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    v["uring_requests"]
+        .as_u64()
+        .expect("uring_requests in stats")
+}
+
+/// 100 creates and stats: requests the daemon must serve.
+fn some_requests(mnt: &Path) {
+    for i in 0..100 {
+        let p = mnt.join(format!("f{i}"));
+        fs::write(&p, format!("{i}\n")).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), format!("{i}\n"));
+    }
+}
+
+#[test]
+fn the_ring_serves_requests_when_on_and_none_when_off() {
+    if !require_uring() {
+        return;
+    }
+    let _k = knob();
+    let Some(on) = mount_with(&["-o", "uring=on"]) else {
+        return;
+    };
+    some_requests(&on.mnt);
+    let n = uring_requests(&on.mnt);
+    assert!(n >= 200, "requests through the ring with uring=on: {n}");
+    let Some(off) = mount_with(&["-o", "uring=off"]) else {
+        return;
+    };
+    some_requests(&off.mnt);
+    assert_eq!(uring_requests(&off.mnt), 0, "uring=off uses /dev/fuse only");
+}
+
+/// Sets enable_uring for the guard's life.
+struct Param {
+    old: String,
+}
+
+impl Param {
+    fn set(v: &str) -> Param {
+        let old = fs::read_to_string(PARAM).unwrap();
+        fs::write(PARAM, v).unwrap();
+        Param { old }
+    }
+}
+
+impl Drop for Param {
+    fn drop(&mut self) {
+        let _ = fs::write(PARAM, self.old.trim());
+    }
+}
+
+#[test]
+fn uring_on_is_refused_in_one_line_where_the_kernel_does_not_offer_it() {
+    if !require_root()
+        || !require(
+            Path::new(PARAM).exists(),
+            "needs a kernel with CONFIG_FUSE_IO_URING (Linux 6.14+)",
+        )
+    {
+        return;
+    }
+    let _k = knob();
+    let _p = Param::set("N");
+    let t = TempTree::new();
+    let (up, low, mnt) = (t.mkdir("up"), t.mkdir("low"), t.mkdir("mnt"));
+    let mut c = Command::new(unionfs_bin());
+    c.args(["-o", "uring=on"])
+        .arg(format!("{}=rw:{}=ro", up.display(), low.display()))
+        .arg(&mnt);
+    match MountGuard::try_run(c, &mnt) {
+        Ok(_) => panic!("uring=on mounted although the kernel does not offer io_uring"),
+        Err(out) => {
+            assert!(!out.success(), "{out}");
+            assert_eq!(out.stderr.trim().lines().count(), 1, "one line: {out}");
+            assert!(out.stderr.contains("io_uring"), "{out}");
+        }
+    }
+    assert!(!is_mounted(&mnt), "nothing mounted");
+    // auto falls back to /dev/fuse.
+    let Some(auto) = mount_with(&["-o", "uring=auto"]) else {
+        return;
+    };
+    some_requests(&auto.mnt);
+    assert_eq!(uring_requests(&auto.mnt), 0);
+}
+
+#[test]
+fn a_daemon_killed_with_requests_on_the_ring_leaves_a_clean_unmountable_mount() {
+    if !require_uring() {
+        return;
+    }
+    let _k = knob();
+    let t = TempTree::new();
+    let (up, low, mnt) = (t.mkdir("up"), t.mkdir("low"), t.mkdir("mnt"));
+    let chunk: Vec<u8> = (0..(2 << 20)).map(|i| (i % 251) as u8).collect();
+    for i in 0..24 {
+        fs::write(low.join(format!("big{i}")), &chunk).unwrap();
+    }
+    let mut cmd = Command::new(unionfs_bin());
+    cmd.args(["-f", "-o", "uring=on"])
+        .arg(format!("{}=rw:{}=ro", up.display(), low.display()))
+        .arg(&mnt);
+    let mut g = MountGuard::foreground(cmd, &mnt, Duration::from_secs(15));
+    // Copy-ups (chmod of lower files) from two threads, while the daemon is killed.
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let mnt = mnt.clone();
+            std::thread::spawn(move || {
+                for i in (w..24).step_by(2) {
+                    let p = mnt.join(format!("big{i}"));
+                    if fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(40));
+    let pid = g.child().unwrap().id() as i32;
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(
+        g.wait_child(Duration::from_secs(10)).is_some(),
+        "the daemon is gone"
+    );
+    let out = run(Command::new("fusermount3").arg("-u").arg(&mnt));
+    assert!(out.success(), "fusermount3 -u after the kill: {out}");
+    assert!(!is_mounted(&mnt), "the mount is gone");
+    g.forget();
+    // Every copy-up in the upper is whole: the file is there entirely or not at all.
+    for i in 0..24 {
+        let p = up.join(format!("big{i}"));
+        if p.exists() {
+            assert_eq!(fs::read(&p).unwrap(), chunk, "{} is partial", p.display());
+        }
+    }
+}

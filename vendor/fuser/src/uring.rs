@@ -1,0 +1,416 @@
+//! FUSE over io_uring (Linux 6.14+, with the fuse module's `enable_uring` on): once
+//! FUSE_INIT has negotiated `FUSE_OVER_IO_URING`, requests are fetched and replies
+//! committed through io_uring commands on the /dev/fuse fd instead of a read(2) and a
+//! writev(2) each. One commit-and-fetch (an `io_uring_enter` that also waits for the
+//! next request) per request.
+//!
+//! The kernel has one queue per possible CPU and activates the ring once every queue has
+//! an entry; a request goes to the queue of the CPU it was issued on. Each queue gets
+//! several workers, each with its own small io_uring and exactly one entry: a handler
+//! that blocks (an open that waits for a RELEASE) holds only its own entry, and the
+//! kernel hands the next request of that queue to another worker. FORGET and INTERRUPT
+//! still come through /dev/fuse, so the classic loops keep running beside the ring.
+//!
+//! A request arrives split in the entry's header (`fuse_in_header`, then the opcode's
+//! fixed struct in `op_in`) and payload (names, write data); it is put back together in
+//! the classic layout for the unchanged request parser. A reply is the reverse: the
+//! `fuse_out_header` goes in the header, the rest in the payload.
+
+use std::cell::UnsafeCell;
+use std::io;
+use std::io::IoSlice;
+use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::thread::ThreadId;
+
+use io_uring::IoUring;
+use io_uring::opcode;
+use io_uring::squeue::Entry128;
+use io_uring::types;
+use log::debug;
+use log::warn;
+use parking_lot::Mutex;
+
+use crate::Filesystem;
+use crate::ReplyEmpty;
+use crate::channel::Channel;
+use crate::channel::ChannelSender;
+use crate::ll::Operation;
+use crate::reply::ReplySender;
+use crate::request::RequestWithSender;
+use crate::session::SessionEventLoop;
+
+/// How a session uses FUSE over io_uring.
+#[derive(Debug, Clone, Copy, Default, Eq, PartialEq, Hash)]
+pub enum UringMode {
+    /// Never: requests are read from /dev/fuse.
+    #[default]
+    Off,
+    /// When the kernel offers it after FUSE_INIT, else /dev/fuse.
+    Auto,
+    /// Required: the session fails to start where the kernel does not offer it.
+    On,
+}
+
+/// Requests served through the ring since the process started (all sessions).
+static SERVED: AtomicU64 = AtomicU64::new(0);
+
+/// How many requests were served through io_uring (0: the ring was never used).
+pub fn uring_requests_served() -> u64 {
+    SERVED.load(Ordering::Relaxed)
+}
+
+const HEADER_SZ: usize = 128;
+const OP_IN_SZ: usize = 128;
+const IN_HEADER_LEN: usize = 40;
+const OUT_HEADER_LEN: usize = 16;
+const CMD_REGISTER: u32 = 1;
+const CMD_COMMIT_AND_FETCH: u32 = 2;
+/// The kernel's FUSE_MIN_READ_BUFFER: no payload buffer may be smaller.
+const MIN_PAYLOAD: usize = 8192;
+
+/// `struct fuse_uring_ent_in_out`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct EntInOut {
+    flags: u64,
+    commit_id: u64,
+    payload_sz: u32,
+    padding: u32,
+    reserved: u64,
+}
+
+/// `struct fuse_uring_req_header` (288 bytes).
+#[repr(C, align(8))]
+struct Header {
+    in_out: [u8; HEADER_SZ],
+    op_in: [u8; OP_IN_SZ],
+    ent: EntInOut,
+}
+
+/// What the session negotiated.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UringParams {
+    /// Payload buffer size: at least the kernel's max(8 KiB, max_write, max_pages pages).
+    pub(crate) payload: usize,
+    /// `UringMode::On`: a worker that cannot run fails the session.
+    pub(crate) required: bool,
+}
+
+/// One worker: its ring, its entry's buffers (the kernel writes them between a fetch and
+/// its completion; we own them from the completion to the commit).
+pub(crate) struct Worker {
+    qid: u16,
+    ring: IoUring<Entry128>,
+    /// Serializes pushes to the submission queue (a reply may come from another thread).
+    sq: Mutex<()>,
+    header: UnsafeCell<Header>,
+    payload: UnsafeCell<Box<[u8]>>,
+    iov: UnsafeCell<[libc::iovec; 2]>,
+    /// The /dev/fuse fd (kept open by `ch`).
+    ch: Channel,
+    thread: OnceLock<ThreadId>,
+    /// A completion seen while checking the registration, handled first by `run`.
+    early: Mutex<Option<i32>>,
+}
+
+// SAFETY: the buffers are only touched by the kernel (while an entry is fetched) or by
+// the one request that owns the entry (between its completion and its commit).
+unsafe impl Send for Worker {}
+// SAFETY: as above; the submission queue is behind `sq`, the completion queue is only
+// read by the worker's own thread.
+unsafe impl Sync for Worker {}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("qid", &self.qid).finish()
+    }
+}
+
+/// The reply path of one request that came through the ring.
+#[derive(Debug, Clone)]
+pub(crate) struct UringReply {
+    worker: Arc<Worker>,
+    ch: ChannelSender,
+}
+
+impl UringReply {
+    /// /dev/fuse, for the ioctls a reply may need (passthrough backing files).
+    pub(crate) fn channel(&self) -> &ChannelSender {
+        &self.ch
+    }
+
+    /// Copies the reply into the entry and commits it (and fetches the next request).
+    pub(crate) fn send(&self, data: &[IoSlice<'_>]) -> io::Result<()> {
+        let w = &*self.worker;
+        // SAFETY: the entry is ours until this commit (one reply per request).
+        let (header, payload) = unsafe { (&mut *w.header.get(), &mut *w.payload.get()) };
+        let total: usize = data.iter().map(|d| d.len()).sum();
+        if total < OUT_HEADER_LEN || total - OUT_HEADER_LEN > payload.len() {
+            // Cannot happen for replies the kernel asked for; never leave it waiting.
+            warn!("io_uring reply of {total} bytes does not fit; answering EIO");
+            let unique = u64::from_ne_bytes(header.in_out[8..16].try_into().unwrap());
+            write_out_header(header, OUT_HEADER_LEN as u32, -libc::EIO, unique);
+            header.ent.payload_sz = 0;
+        } else {
+            let mut at = 0usize;
+            for d in data {
+                let mut b: &[u8] = d;
+                if at < OUT_HEADER_LEN {
+                    let n = (OUT_HEADER_LEN - at).min(b.len());
+                    header.in_out[at..at + n].copy_from_slice(&b[..n]);
+                    at += n;
+                    b = &b[n..];
+                }
+                let p = at - OUT_HEADER_LEN;
+                payload[p..p + b.len()].copy_from_slice(b);
+                at += b.len();
+            }
+            header.ent.payload_sz = (total - OUT_HEADER_LEN) as u32;
+        }
+        let commit_id = header.ent.commit_id;
+        w.push(CMD_COMMIT_AND_FETCH, commit_id, false)?;
+        // On the worker's thread the next wait submits it; elsewhere submit now.
+        if w.thread.get() != Some(&std::thread::current().id()) {
+            w.ring.submit()?;
+        }
+        Ok(())
+    }
+}
+
+fn write_out_header(h: &mut Header, len: u32, error: i32, unique: u64) {
+    h.in_out[0..4].copy_from_slice(&len.to_ne_bytes());
+    h.in_out[4..8].copy_from_slice(&error.to_ne_bytes());
+    h.in_out[8..16].copy_from_slice(&unique.to_ne_bytes());
+}
+
+/// Errors that mean "the connection is going away", not a failure.
+fn is_teardown(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV | libc::ECANCELED
+    )
+}
+
+/// The kernel's number of queues: the possible CPUs.
+fn possible_cpus() -> usize {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    let mut n = 0;
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+            n = n.max(b + 1).max(a + 1);
+        }
+    }
+    if n == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        n
+    }
+}
+
+impl Worker {
+    fn new(qid: u16, ch: Channel, payload: usize) -> io::Result<Arc<Worker>> {
+        let ring = IoUring::<Entry128>::builder().build(4)?;
+        let w = Arc::new(Worker {
+            qid,
+            ring,
+            sq: Mutex::new(()),
+            header: UnsafeCell::new(Header {
+                in_out: [0; HEADER_SZ],
+                op_in: [0; OP_IN_SZ],
+                ent: EntInOut::default(),
+            }),
+            payload: UnsafeCell::new(vec![0u8; payload.max(MIN_PAYLOAD)].into_boxed_slice()),
+            iov: UnsafeCell::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; 2],
+            ),
+            ch,
+            thread: OnceLock::new(),
+            early: Mutex::new(None),
+        });
+        // SAFETY: the buffers live as long as the worker; the kernel keeps only these
+        // pointers.
+        unsafe {
+            let iov = &mut *w.iov.get();
+            iov[0].iov_base = w.header.get().cast();
+            iov[0].iov_len = std::mem::size_of::<Header>();
+            let p = &mut *w.payload.get();
+            iov[1].iov_base = p.as_mut_ptr().cast();
+            iov[1].iov_len = p.len();
+        }
+        Ok(w)
+    }
+
+    /// Queues a FUSE uring command: REGISTER (with the entry's two iovecs) or
+    /// COMMIT_AND_FETCH (for `commit_id`).
+    fn push(&self, cmd: u32, commit_id: u64, register: bool) -> io::Result<()> {
+        let mut area = [0u8; 80];
+        area[8..16].copy_from_slice(&commit_id.to_ne_bytes());
+        area[16..18].copy_from_slice(&self.qid.to_ne_bytes());
+        let mut op = opcode::UringCmd80::new(types::Fd(self.ch.as_fd().as_raw_fd()), cmd).cmd(area);
+        if register {
+            op = op.addr(Some(self.iov.get() as u64));
+        }
+        let mut sqe = op.build();
+        if register {
+            // sqe->len: the number of iovecs (the crate has no setter for it).
+            // SAFETY: Entry128 is repr(C), 128 bytes, the kernel's io_uring_sqe layout
+            // (len is the u32 at offset 24).
+            let raw: &mut [u8; 128] = unsafe { &mut *(&mut sqe as *mut Entry128).cast() };
+            raw[24..28].copy_from_slice(&2u32.to_ne_bytes());
+        }
+        let _g = self.sq.lock();
+        // SAFETY: pushes are serialized by `sq`; the iovecs and buffers outlive the
+        // command.
+        unsafe { self.ring.submission_shared().push(&sqe) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))
+    }
+
+    /// Registers the entry and reports an immediate refusal (it comes back at once; a
+    /// good registration completes only when a request arrives).
+    fn register(&self) -> io::Result<()> {
+        self.push(CMD_REGISTER, 0, true)?;
+        self.ring.submit()?;
+        // SAFETY: only this function and `run` (later, on one thread) read the CQ.
+        if let Some(cqe) = unsafe { self.ring.completion_shared() }.next() {
+            let res = cqe.result();
+            if res < 0 {
+                return Err(io::Error::from_raw_os_error(-res));
+            }
+            *self.early.lock() = Some(res);
+        }
+        Ok(())
+    }
+
+    /// Serves requests until the connection goes away.
+    fn run<FS: Filesystem>(self: &Arc<Self>, el: &SessionEventLoop<FS>) -> io::Result<()> {
+        let _ = self.thread.set(std::thread::current().id());
+        pin_to_cpu(self.qid as usize);
+        let mut buf = Vec::with_capacity(IN_HEADER_LEN + OP_IN_SZ + MIN_PAYLOAD);
+        let mut pending = self.early.lock().take();
+        loop {
+            let res = match pending.take() {
+                Some(r) => r,
+                None => {
+                    match self.ring.submit_and_wait(1) {
+                        Ok(_) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                        Err(e) => return Err(e),
+                    }
+                    // SAFETY: the CQ is only read on this thread.
+                    match unsafe { self.ring.completion_shared() }.next() {
+                        Some(cqe) => cqe.result(),
+                        None => continue,
+                    }
+                }
+            };
+            if res < 0 {
+                if is_teardown(-res) {
+                    debug!("io_uring queue {}: connection closed", self.qid);
+                    return Ok(());
+                }
+                return Err(io::Error::from_raw_os_error(-res));
+            }
+            SERVED.fetch_add(1, Ordering::Relaxed);
+            self.assemble(&mut buf);
+            let reply = ReplySender::Uring(UringReply {
+                worker: self.clone(),
+                ch: self.ch.sender(),
+            });
+            match RequestWithSender::new(reply, &buf) {
+                Some(req) => {
+                    if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                        req.reply::<ReplyEmpty>().ok();
+                        return Ok(());
+                    }
+                    req.dispatch(el);
+                }
+                None => {
+                    // Unparsable: answer it, or the kernel waits for ever.
+                    // SAFETY: the entry is ours until the commit.
+                    let h = unsafe { &mut *self.header.get() };
+                    let unique = u64::from_ne_bytes(h.in_out[8..16].try_into().unwrap());
+                    write_out_header(h, OUT_HEADER_LEN as u32, -libc::EIO, unique);
+                    h.ent.payload_sz = 0;
+                    self.push(CMD_COMMIT_AND_FETCH, h.ent.commit_id, false)?;
+                }
+            }
+        }
+    }
+
+    /// The request in the classic layout: in header, the opcode's struct, the payload.
+    fn assemble(&self, buf: &mut Vec<u8>) {
+        // SAFETY: the entry is ours from the completion to the commit.
+        let (h, p) = unsafe { (&*self.header.get(), &*self.payload.get()) };
+        let len = u32::from_ne_bytes(h.in_out[0..4].try_into().unwrap()) as usize;
+        let payload = (h.ent.payload_sz as usize).min(p.len());
+        // in_header.len counts everything; what is neither header nor payload is the
+        // opcode's fixed struct (in op_in).
+        let op = len
+            .saturating_sub(IN_HEADER_LEN + payload)
+            .min(OP_IN_SZ);
+        buf.clear();
+        buf.extend_from_slice(&h.in_out[..IN_HEADER_LEN]);
+        buf.extend_from_slice(&h.op_in[..op]);
+        buf.extend_from_slice(&p[..payload]);
+    }
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; plain sched_setaffinity on this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The workers of a session: made and registered before the session runs, so that a
+/// refusal is reported when the mount starts.
+#[derive(Debug)]
+pub(crate) struct Workers {
+    workers: Vec<Arc<Worker>>,
+    pub(crate) required: bool,
+}
+
+impl Workers {
+    /// About `threads` workers, spread over the kernel's queues (2 to 8 per queue).
+    pub(crate) fn start(ch: &Channel, params: UringParams, threads: usize) -> io::Result<Workers> {
+        let queues = possible_cpus();
+        let per_queue = (threads / queues).clamp(2, 8);
+        let mut workers = Vec::with_capacity(queues * per_queue);
+        for qid in 0..queues {
+            for _ in 0..per_queue {
+                let w = Worker::new(qid as u16, ch.clone(), params.payload)?;
+                w.register()?;
+                workers.push(w);
+            }
+        }
+        debug!(
+            "io_uring: {queues} queues x {per_queue} workers, {} KiB payload each",
+            params.payload / 1024
+        );
+        Ok(Workers {
+            workers,
+            required: params.required,
+        })
+    }
+
+    /// Each worker with the loop it dispatches through.
+    pub(crate) fn into_inner(self) -> Vec<Arc<Worker>> {
+        self.workers
+    }
+}
+
+/// The body of a worker thread.
+pub(crate) fn serve<FS: Filesystem>(w: Arc<Worker>, el: SessionEventLoop<FS>) -> io::Result<()> {
+    w.run(&el)
+}
