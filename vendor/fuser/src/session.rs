@@ -315,22 +315,19 @@ impl<FS: Filesystem> Session<FS> {
         // The io_uring workers, beside the classic loops (FORGET and INTERRUPT still come
         // through /dev/fuse).
         let uring_required = uring.as_ref().is_some_and(|u| u.required);
-        let mut ring_threads = Vec::new();
-        for (i, w) in uring.map(|u| u.into_inner()).unwrap_or_default().into_iter().enumerate() {
-            let thread_name = format!("fuser-uring-{i}");
-            let event_loop = SessionEventLoop {
-                thread_name: thread_name.clone(),
-                filesystem: filesystem.clone(),
-                ch: ch_for_uring.clone(),
-                allowed,
-                session_owner,
-            };
-            ring_threads.push(
-                thread::Builder::new()
-                    .name(thread_name)
-                    .spawn(move || crate::uring::serve(w, event_loop))?,
-            );
-        }
+        let ring_threads = match uring {
+            Some(u) => u.serve(|i| {
+                let event_loop = SessionEventLoop {
+                    thread_name: format!("fuser-uring-{i}"),
+                    filesystem: filesystem.clone(),
+                    ch: ch_for_uring.clone(),
+                    allowed,
+                    session_owner,
+                };
+                Box::new(move |w: &Arc<crate::uring::Worker>| crate::uring::serve(w, &event_loop))
+            }),
+            None => Vec::new(),
+        };
 
         let mut reply: io::Result<()> = Ok(());
         for thread in ring_threads {

@@ -16,7 +16,6 @@
 //! the classic layout for the unchanged request parser. A reply is the reverse: the
 //! `fuse_out_header` goes in the header, the rest in the payload.
 
-use std::cell::UnsafeCell;
 use std::io;
 use std::io::IoSlice;
 use std::os::fd::AsFd;
@@ -101,21 +100,27 @@ pub(crate) struct UringParams {
     pub(crate) required: bool,
 }
 
-/// One worker: its ring, its entry's buffers (the kernel writes them between a fetch and
-/// its completion; we own them from the completion to the commit).
+/// One worker: its ring and its entry's buffers (the kernel writes them between a fetch
+/// and its completion; we own them from the completion to the commit). The buffers are
+/// leaked on purpose: the kernel may still hold their addresses while a closing ring's
+/// commands are cancelled, so they are never freed (one set per worker, per process).
 pub(crate) struct Worker {
     qid: u16,
     ring: IoUring<Entry128>,
     /// Serializes pushes to the submission queue (a reply may come from another thread).
     sq: Mutex<()>,
-    header: UnsafeCell<Header>,
-    payload: UnsafeCell<Box<[u8]>>,
-    iov: UnsafeCell<[libc::iovec; 2]>,
+    header: *mut Header,
+    payload: *mut [u8],
+    iov: *mut [libc::iovec; 2],
     /// The /dev/fuse fd (kept open by `ch`).
     ch: Channel,
     thread: OnceLock<ThreadId>,
     /// A completion seen while checking the registration, handled first by `run`.
     early: Mutex<Option<i32>>,
+    /// The current request's reply is queued (only the worker's thread submits: the
+    /// kernel delivers the next request through the task that submitted the fetch).
+    replied: Mutex<bool>,
+    replied_cv: parking_lot::Condvar,
 }
 
 // SAFETY: the buffers are only touched by the kernel (while an entry is fetched) or by
@@ -148,7 +153,7 @@ impl UringReply {
     pub(crate) fn send(&self, data: &[IoSlice<'_>]) -> io::Result<()> {
         let w = &*self.worker;
         // SAFETY: the entry is ours until this commit (one reply per request).
-        let (header, payload) = unsafe { (&mut *w.header.get(), &mut *w.payload.get()) };
+        let (header, payload) = unsafe { (&mut *w.header, &mut *w.payload) };
         let total: usize = data.iter().map(|d| d.len()).sum();
         if total < OUT_HEADER_LEN || total - OUT_HEADER_LEN > payload.len() {
             // Cannot happen for replies the kernel asked for; never leave it waiting.
@@ -174,10 +179,9 @@ impl UringReply {
         }
         let commit_id = header.ent.commit_id;
         w.push(CMD_COMMIT_AND_FETCH, commit_id, false)?;
-        // On the worker's thread the next wait submits it; elsewhere submit now.
-        if w.thread.get() != Some(&std::thread::current().id()) {
-            w.ring.submit()?;
-        }
+        // The worker's next wait submits it (from another thread: wake the worker).
+        *w.replied.lock() = true;
+        w.replied_cv.notify_one();
         Ok(())
     }
 }
@@ -216,37 +220,36 @@ fn possible_cpus() -> usize {
 impl Worker {
     fn new(qid: u16, ch: Channel, payload: usize) -> io::Result<Arc<Worker>> {
         let ring = IoUring::<Entry128>::builder().build(4)?;
-        let w = Arc::new(Worker {
+        let header = Box::leak(Box::new(Header {
+            in_out: [0; HEADER_SZ],
+            op_in: [0; OP_IN_SZ],
+            ent: EntInOut::default(),
+        })) as *mut Header;
+        let payload: &mut [u8] =
+            Box::leak(vec![0u8; payload.max(MIN_PAYLOAD)].into_boxed_slice());
+        let iov = Box::leak(Box::new([
+            libc::iovec {
+                iov_base: header.cast(),
+                iov_len: std::mem::size_of::<Header>(),
+            },
+            libc::iovec {
+                iov_base: payload.as_mut_ptr().cast(),
+                iov_len: payload.len(),
+            },
+        ])) as *mut [libc::iovec; 2];
+        Ok(Arc::new(Worker {
             qid,
             ring,
             sq: Mutex::new(()),
-            header: UnsafeCell::new(Header {
-                in_out: [0; HEADER_SZ],
-                op_in: [0; OP_IN_SZ],
-                ent: EntInOut::default(),
-            }),
-            payload: UnsafeCell::new(vec![0u8; payload.max(MIN_PAYLOAD)].into_boxed_slice()),
-            iov: UnsafeCell::new(
-                [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; 2],
-            ),
+            header,
+            payload: payload as *mut [u8],
+            iov,
             ch,
             thread: OnceLock::new(),
             early: Mutex::new(None),
-        });
-        // SAFETY: the buffers live as long as the worker; the kernel keeps only these
-        // pointers.
-        unsafe {
-            let iov = &mut *w.iov.get();
-            iov[0].iov_base = w.header.get().cast();
-            iov[0].iov_len = std::mem::size_of::<Header>();
-            let p = &mut *w.payload.get();
-            iov[1].iov_base = p.as_mut_ptr().cast();
-            iov[1].iov_len = p.len();
-        }
-        Ok(w)
+            replied: Mutex::new(false),
+            replied_cv: parking_lot::Condvar::new(),
+        }))
     }
 
     /// Queues a FUSE uring command: REGISTER (with the entry's two iovecs) or
@@ -257,7 +260,7 @@ impl Worker {
         area[16..18].copy_from_slice(&self.qid.to_ne_bytes());
         let mut op = opcode::UringCmd80::new(types::Fd(self.ch.as_fd().as_raw_fd()), cmd).cmd(area);
         if register {
-            op = op.addr(Some(self.iov.get() as u64));
+            op = op.addr(Some(self.iov as u64));
         }
         let mut sqe = op.build();
         if register {
@@ -292,10 +295,9 @@ impl Worker {
 
     /// Serves requests until the connection goes away.
     fn run<FS: Filesystem>(self: &Arc<Self>, el: &SessionEventLoop<FS>) -> io::Result<()> {
-        let _ = self.thread.set(std::thread::current().id());
-        pin_to_cpu(self.qid as usize);
         let mut buf = Vec::with_capacity(IN_HEADER_LEN + OP_IN_SZ + MIN_PAYLOAD);
         let mut pending = self.early.lock().take();
+        let mut failures = 0;
         loop {
             let res = match pending.take() {
                 Some(r) => r,
@@ -317,10 +319,20 @@ impl Worker {
                     debug!("io_uring queue {}: connection closed", self.qid);
                     return Ok(());
                 }
-                return Err(io::Error::from_raw_os_error(-res));
+                // The entry is out of the kernel's hands: put it back, or the queue
+                // loses it for good.
+                failures += 1;
+                warn!("io_uring queue {}: {}", self.qid, io::Error::from_raw_os_error(-res));
+                if failures > 3 {
+                    return Err(io::Error::from_raw_os_error(-res));
+                }
+                self.push(CMD_REGISTER, 0, true)?;
+                continue;
             }
+            failures = 0;
             SERVED.fetch_add(1, Ordering::Relaxed);
             self.assemble(&mut buf);
+            *self.replied.lock() = false;
             let reply = ReplySender::Uring(UringReply {
                 worker: self.clone(),
                 ch: self.ch.sender(),
@@ -329,6 +341,7 @@ impl Worker {
                 Some(req) => {
                     if let Ok(Operation::Destroy(_)) = req.request.operation() {
                         req.reply::<ReplyEmpty>().ok();
+                        self.ring.submit()?;
                         return Ok(());
                     }
                     req.dispatch(el);
@@ -336,12 +349,19 @@ impl Worker {
                 None => {
                     // Unparsable: answer it, or the kernel waits for ever.
                     // SAFETY: the entry is ours until the commit.
-                    let h = unsafe { &mut *self.header.get() };
+                    let h = unsafe { &mut *self.header };
                     let unique = u64::from_ne_bytes(h.in_out[8..16].try_into().unwrap());
                     write_out_header(h, OUT_HEADER_LEN as u32, -libc::EIO, unique);
                     h.ent.payload_sz = 0;
-                    self.push(CMD_COMMIT_AND_FETCH, h.ent.commit_id, false)?;
+                    let commit_id = h.ent.commit_id;
+                    self.push(CMD_COMMIT_AND_FETCH, commit_id, false)?;
+                    *self.replied.lock() = true;
                 }
+            }
+            // A reply sent later from another thread: wait for it, then submit it here.
+            let mut r = self.replied.lock();
+            while !*r {
+                self.replied_cv.wait(&mut r);
             }
         }
     }
@@ -349,7 +369,7 @@ impl Worker {
     /// The request in the classic layout: in header, the opcode's struct, the payload.
     fn assemble(&self, buf: &mut Vec<u8>) {
         // SAFETY: the entry is ours from the completion to the commit.
-        let (h, p) = unsafe { (&*self.header.get(), &*self.payload.get()) };
+        let (h, p) = unsafe { (&*self.header, &*self.payload) };
         let len = u32::from_ne_bytes(h.in_out[0..4].try_into().unwrap()) as usize;
         let payload = (h.ent.payload_sz as usize).min(p.len());
         // in_header.len counts everything; what is neither header nor payload is the
@@ -365,6 +385,9 @@ impl Worker {
 }
 
 fn pin_to_cpu(cpu: usize) {
+    if cpu >= 1024 {
+        return;
+    }
     // SAFETY: a zeroed cpu_set_t is empty; plain sched_setaffinity on this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -373,44 +396,96 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// The workers of a session: made and registered before the session runs, so that a
-/// refusal is reported when the mount starts.
+/// What a worker thread runs once the session runs (None: the session ended first).
+pub(crate) type Job = Box<dyn FnOnce(&Arc<Worker>) -> io::Result<()> + Send>;
+
+/// The workers of a session. Each runs on its own thread from the start: it makes its
+/// ring and registers its entry there (the kernel delivers requests through the task
+/// that submitted the fetch), reports the registration, and waits for its job.
 #[derive(Debug)]
 pub(crate) struct Workers {
-    workers: Vec<Arc<Worker>>,
+    threads: Vec<(std::thread::JoinHandle<io::Result<()>>, std::sync::mpsc::Sender<Option<Job>>)>,
     pub(crate) required: bool,
 }
 
 impl Workers {
-    /// About `threads` workers, spread over the kernel's queues (2 to 8 per queue).
+    /// `threads` workers for each of the kernel's queues (at least 4, at most 8): as many
+    /// handlers may block on one CPU's queue as on the classic loops.
     pub(crate) fn start(ch: &Channel, params: UringParams, threads: usize) -> io::Result<Workers> {
         let queues = possible_cpus();
-        let per_queue = (threads / queues).clamp(2, 8);
-        let mut workers = Vec::with_capacity(queues * per_queue);
+        let per_queue = threads.clamp(4, 8);
+        let mut ws = Workers {
+            threads: Vec::with_capacity(queues * per_queue),
+            required: params.required,
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         for qid in 0..queues {
-            for _ in 0..per_queue {
-                let w = Worker::new(qid as u16, ch.clone(), params.payload)?;
-                w.register()?;
-                workers.push(w);
+            for i in 0..per_queue {
+                let (job_tx, job_rx) = std::sync::mpsc::channel::<Option<Job>>();
+                let (ch, done) = (ch.clone(), done_tx.clone());
+                let h = std::thread::Builder::new()
+                    .name(format!("fuser-uring-{qid}.{i}"))
+                    .spawn(move || {
+                        let w = match Worker::new(qid as u16, ch, params.payload) {
+                            Ok(w) => w,
+                            Err(e) => {
+                                let _ = done.send(Err(e));
+                                return Ok(());
+                            }
+                        };
+                        let _ = w.thread.set(std::thread::current().id());
+                        pin_to_cpu(qid);
+                        let r = w.register();
+                        let ok = r.is_ok();
+                        let _ = done.send(r);
+                        match job_rx.recv() {
+                            Ok(Some(job)) if ok => job(&w),
+                            _ => Ok(()),
+                        }
+                    })?;
+                ws.threads.push((h, job_tx));
             }
+        }
+        drop(done_tx);
+        for _ in 0..ws.threads.len() {
+            done_rx
+                .recv()
+                .map_err(|_| io::Error::other("an io_uring worker died"))??;
         }
         debug!(
             "io_uring: {queues} queues x {per_queue} workers, {} KiB payload each",
             params.payload / 1024
         );
-        Ok(Workers {
-            workers,
-            required: params.required,
-        })
+        Ok(ws)
     }
 
-    /// Each worker with the loop it dispatches through.
-    pub(crate) fn into_inner(self) -> Vec<Arc<Worker>> {
-        self.workers
+    /// Starts serving: `job` makes each worker's job; returns the threads to join.
+    pub(crate) fn serve(
+        mut self,
+        mut job: impl FnMut(usize) -> Job,
+    ) -> Vec<std::thread::JoinHandle<io::Result<()>>> {
+        std::mem::take(&mut self.threads)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (h, tx))| {
+                let _ = tx.send(Some(job(i)));
+                h
+            })
+            .collect()
+    }
+}
+
+impl Drop for Workers {
+    /// Not served (an error before the session ran): let the threads go.
+    fn drop(&mut self) {
+        for (h, tx) in self.threads.drain(..) {
+            let _ = tx.send(None);
+            let _ = h.join();
+        }
     }
 }
 
 /// The body of a worker thread.
-pub(crate) fn serve<FS: Filesystem>(w: Arc<Worker>, el: SessionEventLoop<FS>) -> io::Result<()> {
-    w.run(&el)
+pub(crate) fn serve<FS: Filesystem>(w: &Arc<Worker>, el: &SessionEventLoop<FS>) -> io::Result<()> {
+    w.run(el)
 }
