@@ -121,6 +121,15 @@ impl Drop for UmountOnDrop {
     }
 }
 
+/// FUSE over io_uring in a session.
+#[derive(Debug)]
+pub(crate) enum UringState {
+    /// Negotiated; the workers start when the session runs.
+    Negotiated(crate::uring::UringParams),
+    /// Workers registered (required mode starts them during the handshake).
+    Started(crate::uring::Workers),
+}
+
 /// The session data structure
 #[derive(Debug)]
 pub struct Session<FS: Filesystem> {
@@ -139,8 +148,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
-    /// The io_uring workers, registered after FUSE_INIT negotiated the ring.
-    pub(crate) uring: Option<crate::uring::Workers>,
+    /// FUSE over io_uring, once FUSE_INIT negotiated it.
+    pub(crate) uring: Option<UringState>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -314,6 +323,19 @@ impl<FS: Filesystem> Session<FS> {
 
         // The io_uring workers, beside the classic loops (FORGET and INTERRUPT still come
         // through /dev/fuse).
+        let uring = match uring {
+            Some(UringState::Started(w)) => Some(w),
+            Some(UringState::Negotiated(params)) => {
+                match crate::uring::Workers::start(&ch_for_uring, params, n_threads) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        warn!("FUSE over io_uring unavailable ({e}); using /dev/fuse");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let uring_required = uring.as_ref().is_some_and(|u| u.required);
         let ring_threads = match uring {
             Some(u) => u.serve(|i| {
@@ -542,16 +564,17 @@ impl<FS: Filesystem> Session<FS> {
                         .max(8192),
                     required: self.config.uring == crate::UringMode::On,
                 };
-                let threads = self.config.n_threads.unwrap_or(1);
-                match crate::uring::Workers::start(&self.ch, params, threads) {
-                    Ok(w) => self.uring = Some(w),
-                    Err(e) if params.required => {
-                        return Err(io::Error::new(
-                            e.kind(),
-                            format!("cannot start FUSE over io_uring: {e}"),
-                        ));
-                    }
-                    Err(e) => warn!("FUSE over io_uring unavailable ({e}); using /dev/fuse"),
+                // Required: started now, so that a refusal fails the mount. Otherwise
+                // when the session runs (after the mount is reported live: a mount
+                // command does not wait for the workers).
+                if params.required {
+                    let threads = self.config.n_threads.unwrap_or(1);
+                    let w = crate::uring::Workers::start(&self.ch, params, threads).map_err(
+                        |e| io::Error::new(e.kind(), format!("cannot start FUSE over io_uring: {e}")),
+                    )?;
+                    self.uring = Some(UringState::Started(w));
+                } else {
+                    self.uring = Some(UringState::Negotiated(params));
                 }
             }
 
