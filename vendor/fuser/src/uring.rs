@@ -409,11 +409,13 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// `threads` workers for each of the kernel's queues (at least 4, at most 8): as many
-    /// handlers may block on one CPU's queue as on the classic loops.
+    /// The session's `threads` spread over the kernel's queues, at least 4 and at most 8
+    /// per queue: a request waits for a free entry of its own CPU's queue, so that many
+    /// handlers may block (a bounded wait, e.g. an open waiting for a RELEASE) on one CPU
+    /// before its requests wait too. More workers cost start-up and teardown time.
     pub(crate) fn start(ch: &Channel, params: UringParams, threads: usize) -> io::Result<Workers> {
         let queues = possible_cpus();
-        let per_queue = threads.clamp(4, 8);
+        let per_queue = (threads / queues).clamp(4, 8);
         let mut ws = Workers {
             threads: Vec::with_capacity(queues * per_queue),
             required: params.required,
