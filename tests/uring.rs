@@ -2,7 +2,7 @@
 //! kernel offers it and /dev/fuse when off (counted by `ctl stats`); `on` where the kernel
 //! does not offer it is refused in one line, with nothing mounted; a daemon killed with
 //! requests in flight on the ring leaves a mount that `fusermount3 -u` removes and an
-//! upper with nothing partial.
+//! upper with nothing partial; a rootless mount uses the ring too.
 //!
 //! The kernel side is the fuse module's `enable_uring` parameter (scripts/test.sh sets
 //! it). The one test that flips it holds `KNOB`, as does every test here that needs it on;
@@ -182,4 +182,47 @@ fn a_daemon_killed_with_requests_on_the_ring_leaves_a_clean_unmountable_mount() 
             assert_eq!(fs::read(&p).unwrap(), chunk, "{} is partial", p.display());
         }
     }
+}
+
+#[test]
+fn a_rootless_mount_uses_the_ring_too() {
+    if !require_uring() {
+        return;
+    }
+    let Some((uid, gid)) = require_rootless_fuse() else {
+        return;
+    };
+    let _k = knob();
+    let t = TempTree::new();
+    let bin = t.install_bin();
+    t.write("L/a", "lower\n");
+    t.mkdir("U");
+    t.mkdir("mnt");
+    t.give_to(uid, gid);
+    let mnt = t.join("mnt");
+    let mut cmd = as_user(TEST_USER, &bin);
+    cmd.args(["-o", "uring=on"])
+        .arg(format!(
+            "{}=rw:{}=ro",
+            t.join("U").display(),
+            t.join("L").display()
+        ))
+        .arg(&mnt)
+        .current_dir(t.path());
+    let _g = MountGuard::run(cmd, &mnt);
+    let m = mnt.display();
+    let mut c = as_user(TEST_USER, "sh");
+    c.arg("-c").arg(format!(
+        "cat '{m}/a' && for i in 1 2 3 4 5; do echo $i > '{m}/f'$i; done && \
+         '{}' ctl '{m}' stats --json",
+        bin.display()
+    ));
+    let out = run(&mut c).ok();
+    assert!(out.stdout.starts_with("lower\n"), "{out}");
+    let json = out.stdout.lines().last().unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert!(
+        v["uring_requests"].as_u64().unwrap_or(0) >= 10,
+        "requests through the ring: {out}"
+    );
 }
