@@ -128,30 +128,10 @@ pub fn exec(store: &Store, a: &ExecArgs) -> Result<i32, OciError> {
         }
     }
     // The user namespace first, here: it gives us the capabilities the other joins need
-    // (an unprivileged owner of the container has none of its own).
-    if !same_ns(init_pid, "user") {
-        let f = std::fs::File::open(format!("/proc/{init_pid}/ns/user"))
-            .map_err(|e| OciError::io("open the container's user namespace", e))?;
-        // SAFETY: plain setns on an fd we own; we are single-threaded.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWUSER) } != 0 {
-            return Err(OciError::io(
-                "join the container's user namespace",
-                std::io::Error::last_os_error(),
-            ));
-        }
-    }
-    // The pid namespace is joined here: it applies to the children we fork.
-    if !same_ns(init_pid, "pid") {
-        let f = std::fs::File::open(format!("/proc/{init_pid}/ns/pid"))
-            .map_err(|e| OciError::io("open the container's pid namespace", e))?;
-        // SAFETY: plain setns on an fd we own.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
-            return Err(OciError::io(
-                "join the container's pid namespace",
-                std::io::Error::last_os_error(),
-            ));
-        }
-    }
+    // (an unprivileged owner of the container has none of its own). Then the pid
+    // namespace, also here: it applies to the children we fork.
+    join_here(init_pid, "user", libc::CLONE_NEWUSER)?;
+    join_here(init_pid, "pid", libc::CLONE_NEWPID)?;
     let (err_rd, err_wr) = pipe()?;
     // SAFETY: single-threaded; the child only makes plain syscalls and execs or _exits.
     let pid = unsafe { libc::fork() };
@@ -187,6 +167,23 @@ pub fn exec(store: &Store, a: &ExecArgs) -> Result<i32, OciError> {
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut st, 0) };
     Ok(crate::init::exit_code(st))
+}
+
+/// Joins the container's namespace `name` in this process, unless we are in it already.
+fn join_here(init_pid: i32, name: &str, flag: i32) -> Result<(), OciError> {
+    if same_ns(init_pid, name) {
+        return Ok(());
+    }
+    let f = std::fs::File::open(format!("/proc/{init_pid}/ns/{name}"))
+        .map_err(|e| OciError::io(format!("open the container's {name} namespace"), e))?;
+    // SAFETY: plain setns on an fd we own; we are single-threaded.
+    if unsafe { libc::setns(f.as_raw_fd(), flag) } != 0 {
+        return Err(OciError::io(
+            format!("join the container's {name} namespace"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 fn exec_child(
