@@ -72,6 +72,8 @@ const IN_HEADER_LEN: usize = 40;
 const OUT_HEADER_LEN: usize = 16;
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
+/// At most this many workers in all (unless there are more queues than that).
+const MAX_WORKERS: usize = 64;
 /// The kernel's FUSE_MIN_READ_BUFFER: no payload buffer may be smaller.
 const MIN_PAYLOAD: usize = 8192;
 
@@ -407,7 +409,12 @@ impl Workers {
     /// before its requests wait too. More workers cost start-up and teardown time.
     pub(crate) fn start(ch: &Channel, params: UringParams, threads: usize) -> io::Result<Workers> {
         let queues = possible_cpus();
-        let per_queue = (threads / queues).clamp(4, 8);
+        // Many possible but few online CPUs (common in VMs) would mean hundreds of idle
+        // workers: at most MAX_WORKERS in all, and one per queue at least (the kernel
+        // uses the ring only once every queue has an entry).
+        let per_queue = (threads / queues)
+            .clamp(4, 8)
+            .min((MAX_WORKERS / queues).max(1));
         let mut ws = Workers {
             threads: Vec::with_capacity(queues * per_queue),
             required: params.required,
