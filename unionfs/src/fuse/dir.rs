@@ -64,33 +64,39 @@ impl UnionFs {
         };
         let mut i = offset as usize;
         let mut cursor = self.union.dir_cursor(&obj);
-        let dot = match self
-            .union
-            .stat(&obj)
-            .map_err(err)
-            .and_then(|st| self.attr_of(&obj, &st))
-        {
-            Ok(a) => a,
-            Err(e) => return reply.error(e),
+        // "." and ".." need the directory's own attributes: only the first call has them
+        // (the later ones, the final empty one included, save the stat).
+        let dot = if i < 2 {
+            match self
+                .union
+                .stat(&obj)
+                .map_err(err)
+                .and_then(|st| self.attr_of(&obj, &st))
+            {
+                Ok(a) => Some(a),
+                Err(e) => return reply.error(e),
+            }
+        } else {
+            None
         };
         while i < list.len() + 2 {
             let full = match i {
-                0 => reply.add(
-                    INodeNo(obj.ino),
-                    1,
-                    ".",
-                    &Duration::ZERO,
-                    &dot,
-                    Generation(0),
-                ),
-                1 => reply.add(
-                    INodeNo(self.parent_ino(&obj)),
-                    2,
-                    "..",
-                    &Duration::ZERO,
-                    &dot,
-                    Generation(0),
-                ),
+                0 | 1 => {
+                    let Some(dot) = &dot else { break };
+                    let (ino, name) = if i == 0 {
+                        (obj.ino, ".")
+                    } else {
+                        (self.parent_ino(&obj), "..")
+                    };
+                    reply.add(
+                        INodeNo(ino),
+                        i as u64 + 1,
+                        name,
+                        &Duration::ZERO,
+                        dot,
+                        Generation(0),
+                    )
+                }
                 _ => {
                     let e = &list[i - 2];
                     let child = match cursor.lookup(&e.name) {
