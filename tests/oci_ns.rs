@@ -120,7 +120,7 @@ fn rootless_create_start_exec_kill_delete() {
 }
 
 #[test]
-fn rootless_mapping_other_ids_without_helpers_is_refused_in_one_line() {
+fn rootless_bad_id_mappings_are_refused_in_one_line() {
     let Some(o) = Oci::rootless("rootless-bad") else {
         return;
     };

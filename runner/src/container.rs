@@ -226,14 +226,19 @@ pub fn resolve(cmd: &str, path: &str) -> Result<CString, Failure> {
     }
 }
 
-fn exec(exe: &CString, plan: &ChildPlan) -> Failure {
-    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+/// execve(2); returns only on failure, with its error.
+pub fn execve(exe: &CString, args: &[CString], env: &[CString]) -> std::io::Error {
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = plan.env.iter().map(|a| a.as_ptr()).collect();
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
     // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
     unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    let e = std::io::Error::last_os_error();
+    std::io::Error::last_os_error()
+}
+
+fn exec(exe: &CString, plan: &ChildPlan) -> Failure {
+    let e = execve(exe, &plan.argv, &plan.env);
     let code = match e.raw_os_error() {
         Some(libc::ENOENT) => EXIT_NOT_FOUND,
         _ => EXIT_CANNOT_EXEC,

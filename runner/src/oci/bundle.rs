@@ -260,12 +260,12 @@ impl Bundle {
             has_dev |= m.destination() == Path::new("/dev");
             convert_mount(&m, &dir, &mut ops)?;
             if m.destination() == Path::new("/dev") {
-                default_devices(&mut ops);
+                mounts::device_nodes(&mut ops);
             }
         }
         if !has_dev {
             // runc's rule: the default device nodes exist even without a /dev mount.
-            default_devices(&mut ops);
+            mounts::device_nodes(&mut ops);
         }
         for d in linux.devices().clone().unwrap_or_default() {
             let p = d.path().clone();
@@ -530,33 +530,6 @@ fn convert_mount(m: &Mount, bundle: &Path, ops: &mut Vec<MountOp>) -> Result<(),
         ops.push(MountOp::Propagation { dst, flags: p });
     }
     Ok(())
-}
-
-/// The device nodes and /dev symlinks every container has (runc's defaults), bound from
-/// the host.
-fn default_devices(ops: &mut Vec<MountOp>) {
-    for d in mounts::DEVICES {
-        ops.push(MountOp::Bind {
-            src: Path::new("/dev").join(d),
-            dst: Path::new("/dev").join(d),
-            recursive: false,
-            read_only: false,
-            file: true,
-        });
-    }
-    for (link, target) in [
-        ("/dev/fd", "/proc/self/fd"),
-        ("/dev/stdin", "/proc/self/fd/0"),
-        ("/dev/stdout", "/proc/self/fd/1"),
-        ("/dev/stderr", "/proc/self/fd/2"),
-        ("/dev/core", "/proc/kcore"),
-        ("/dev/ptmx", "pts/ptmx"),
-    ] {
-        ops.push(MountOp::Symlink {
-            target: PathBuf::from(target),
-            link: PathBuf::from(link),
-        });
-    }
 }
 
 fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>, OciError> {

@@ -294,13 +294,7 @@ fn become_inner(
 }
 
 fn exec(exe: &CString, p: &ProcessPlan) -> Failure {
-    let mut argv: Vec<*const libc::c_char> = p.args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = p.env.iter().map(|a| a.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
-    unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    let e = std::io::Error::last_os_error();
+    let e = crate::container::execve(exe, &p.args, &p.env);
     (
         EXIT_CANNOT_EXEC,
         format!("cannot execute {}: {e}", exe.to_string_lossy()),

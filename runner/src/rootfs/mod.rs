@@ -311,30 +311,14 @@ fn run_op(op: &MountOp, root: &Path, sys: &dyn Syscall) -> Result<(), SysError> 
             dst,
             flags,
             data,
-        } => {
-            let t = sys.open_in_root(root, dst, Create::Dir)?;
-            sys.mount(
-                Some(Path::new(fstype)),
-                &t,
-                Some(fstype),
-                *flags,
-                data.as_deref(),
-            )
-        }
+        } => fresh_mount(sys, root, dst, fstype, fstype, *flags, data.as_deref()),
         MountOp::Cgroup { dst, flags } => {
-            let t = sys.open_in_root(root, dst, Create::Dir)?;
-            let fresh = sys.mount(
-                Some(Path::new("cgroup2")),
-                &t,
-                Some("cgroup2"),
-                *flags,
-                None,
-            );
-            match fresh {
+            match fresh_mount(sys, root, dst, "cgroup2", "cgroup2", *flags, None) {
                 Err(e) if e.errno() == Some(libc::EPERM) => {
                     let Some(own) = mounts::own_cgroup2_dir() else {
                         return Err(e);
                     };
+                    let t = sys.open_in_root(root, dst, Create::Nothing)?;
                     sys.mount(Some(&own), &t, None, MsFlags::MS_BIND, None)?;
                     let t = sys.open_in_root(root, dst, Create::Nothing)?;
                     // Read-only whatever the config says: without a cgroup of the
@@ -351,16 +335,7 @@ fn run_op(op: &MountOp, root: &Path, sys: &dyn Syscall) -> Result<(), SysError> 
             dst,
             flags,
             data,
-        } => {
-            let t = sys.open_in_root(root, dst, Create::Dir)?;
-            sys.mount(
-                Some(Path::new(source)),
-                &t,
-                Some(fstype),
-                *flags,
-                data.as_deref(),
-            )
-        }
+        } => fresh_mount(sys, root, dst, source, fstype, *flags, data.as_deref()),
         MountOp::Bind {
             src,
             dst,
@@ -420,6 +395,21 @@ fn run_op(op: &MountOp, root: &Path, sys: &dyn Syscall) -> Result<(), SysError> 
             sys.mount_setattr(&Target::host(Path::new("/")), false, ATTR_RDONLY, 0)
         }
     }
+}
+
+/// Mounts a new `fstype` from `source` at container path `dst` (made a directory if
+/// missing).
+fn fresh_mount(
+    sys: &dyn Syscall,
+    root: &Path,
+    dst: &Path,
+    source: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), SysError> {
+    let t = sys.open_in_root(root, dst, Create::Dir)?;
+    sys.mount(Some(Path::new(source)), &t, Some(fstype), flags, data)
 }
 
 /// The overlayfs options for kernel overlayfs (`userxattr` inside a user namespace, where

@@ -58,28 +58,7 @@ pub fn dev(ops: &mut Vec<MountOp>, userns: bool) {
         flags: MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         data: Some("mode=755,size=65536k".into()),
     });
-    for d in DEVICES {
-        ops.push(MountOp::Bind {
-            src: Path::new("/dev").join(d),
-            dst: Path::new("/dev").join(d),
-            recursive: false,
-            read_only: false,
-            file: true,
-        });
-    }
-    for (link, target) in [
-        ("/dev/fd", "/proc/self/fd"),
-        ("/dev/stdin", "/proc/self/fd/0"),
-        ("/dev/stdout", "/proc/self/fd/1"),
-        ("/dev/stderr", "/proc/self/fd/2"),
-        ("/dev/core", "/proc/kcore"),
-        ("/dev/ptmx", "pts/ptmx"),
-    ] {
-        ops.push(MountOp::Symlink {
-            target: p(target),
-            link: p(link),
-        });
-    }
+    device_nodes(ops);
     let mut pts = "newinstance,ptmxmode=0666,mode=0620".to_string();
     if !userns {
         pts.push_str(",gid=5");
@@ -102,6 +81,33 @@ pub fn dev(ops: &mut Vec<MountOp>, userns: bool) {
         flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         data: None,
     });
+}
+
+/// The default device nodes (bound from the host's /dev, so they also work in a user
+/// namespace) and the usual /dev symlinks: runc's set.
+pub fn device_nodes(ops: &mut Vec<MountOp>) {
+    for d in DEVICES {
+        ops.push(MountOp::Bind {
+            src: Path::new("/dev").join(d),
+            dst: Path::new("/dev").join(d),
+            recursive: false,
+            read_only: false,
+            file: true,
+        });
+    }
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/core", "/proc/kcore"),
+        ("/dev/ptmx", "pts/ptmx"),
+    ] {
+        ops.push(MountOp::Symlink {
+            target: p(target),
+            link: p(link),
+        });
+    }
 }
 
 /// /sys read-only: a fresh sysfs in a new network namespace (it shows that namespace's
