@@ -8,6 +8,7 @@ mod util;
 mod cli;
 mod compat;
 mod ctl;
+mod listing;
 mod memory;
 mod metacopy;
 mod mount;

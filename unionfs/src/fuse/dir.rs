@@ -1,138 +1,137 @@
-//! Directory listings: `.` and `..`, then the merged entries of the handle's listing
-//! (taken once per open directory, so offsets are stable), with `d_ino == st_ino`.
+//! Directory listings: `.` and `..`, then the merged entries in cookie order (see
+//! `listing`), with `d_ino == st_ino`.
+//!
+//! A scan from offset 0 merges the directory afresh; later calls continue in the listing
+//! that scan took (or take one again if it is gone: cookies keep their place). The call
+//! that returns the last entry drops it, so the kernel's final call, at `END`, costs
+//! nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{FileHandle, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
+use fuser::{Errno, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
 
-use super::{attr, err, UnionFs};
+use super::listing::{Listing, AFTER_DOT, AFTER_DOTDOT, END};
+use super::{attr, err, Res, UnionFs};
+use crate::core::Obj;
 
 impl UnionFs {
-    pub(super) fn do_readdir(
-        &self,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        let (obj, list) = match self.dir_entries(ino, fh) {
+    /// The directory and the listing to continue from `offset` in.
+    fn listing(&self, ino: INodeNo, offset: u64) -> Res<(Obj, Arc<Listing>)> {
+        let node = self.node(ino)?;
+        let obj = self.current(&node)?;
+        if !obj.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if offset != 0 {
+            if let Some(l) = self.listings.get(&ino.0) {
+                return Ok((obj, l.clone()));
+            }
+        }
+        let list = Arc::new(Listing::new(self.union.readdir(&obj).map_err(err)?));
+        self.listings.insert(ino.0, list.clone());
+        Ok((obj, list))
+    }
+
+    /// The scan of `list` reached its end.
+    fn listing_done(&self, ino: INodeNo, list: &Arc<Listing>) {
+        self.listings.remove_if(&ino.0, |_, l| Arc::ptr_eq(l, list));
+    }
+
+    pub(super) fn do_readdir(&self, ino: INodeNo, offset: u64, mut reply: ReplyDirectory) {
+        if offset == END {
+            return reply.ok();
+        }
+        let (obj, list) = match self.listing(ino, offset) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        let mut i = offset as usize;
-        let mut cursor = self.union.dir_cursor(&obj);
-        while i < list.len() + 2 {
-            let full = match i {
-                0 => reply.add(INodeNo(obj.ino), 1, fuser::FileType::Directory, "."),
-                1 => reply.add(
-                    INodeNo(self.parent_ino(&obj)),
-                    2,
-                    fuser::FileType::Directory,
-                    "..",
-                ),
-                _ => {
-                    let e = &list[i - 2];
-                    // d_ino must equal st_ino: ask the union for the entry's number.
-                    let (ino, kind) = match cursor.lookup(&e.name) {
-                        Ok(c) => (c.ino, attr::file_type(c.st.st_mode)),
-                        Err(_) => {
-                            i += 1;
-                            continue;
-                        }
-                    };
-                    reply.add(INodeNo(ino), (i + 1) as u64, kind, &e.name)
-                }
-            };
-            if full {
-                break;
-            }
-            i += 1;
+        let dir = fuser::FileType::Directory;
+        if offset == 0 && reply.add(INodeNo(obj.ino), AFTER_DOT, dir, ".") {
+            return reply.ok();
         }
+        if offset < AFTER_DOTDOT
+            && reply.add(INodeNo(self.parent_ino(&obj)), AFTER_DOTDOT, dir, "..")
+        {
+            return reply.ok();
+        }
+        let mut cursor = self.union.dir_cursor(&obj);
+        for (next, e) in list.after(offset) {
+            // d_ino must equal st_ino: ask the union for the entry's number.
+            let Ok(child) = cursor.lookup(&e.name) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(child.ino),
+                next,
+                attr::file_type(child.st.st_mode),
+                &e.name,
+            ) {
+                return reply.ok();
+            }
+        }
+        self.listing_done(ino, &list);
         reply.ok();
     }
 
-    pub(super) fn do_readdirplus(
-        &self,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        let (obj, list) = match self.dir_entries(ino, fh) {
+    pub(super) fn do_readdirplus(&self, ino: INodeNo, offset: u64, mut reply: ReplyDirectoryPlus) {
+        if offset == END {
+            return reply.ok();
+        }
+        let (obj, list) = match self.listing(ino, offset) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        let mut i = offset as usize;
-        let mut cursor = self.union.dir_cursor(&obj);
-        // "." and ".." need the directory's own attributes: only the first call has them
-        // (the later ones, the final empty one included, save the stat).
-        let dot = if i < 2 {
-            match self
+        // "." and ".." need the directory's own attributes: only the first call has them.
+        if offset < AFTER_DOTDOT {
+            let dot = match self
                 .union
                 .stat(&obj)
                 .map_err(err)
                 .and_then(|st| self.attr_of(&obj, &st))
             {
-                Ok(a) => Some(a),
+                Ok(a) => a,
                 Err(e) => return reply.error(e),
-            }
-        } else {
-            None
-        };
-        while i < list.len() + 2 {
-            let full = match i {
-                0 | 1 => {
-                    let Some(dot) = &dot else { break };
-                    let (ino, name) = if i == 0 {
-                        (obj.ino, ".")
-                    } else {
-                        (self.parent_ino(&obj), "..")
-                    };
-                    reply.add(
+            };
+            let parent = self.parent_ino(&obj);
+            for (ino, off, name) in [(obj.ino, AFTER_DOT, "."), (parent, AFTER_DOTDOT, "..")] {
+                if off > offset
+                    && reply.add(
                         INodeNo(ino),
-                        i as u64 + 1,
+                        off,
                         name,
                         &Duration::ZERO,
-                        dot,
+                        &dot,
                         Generation(0),
                     )
+                {
+                    return reply.ok();
                 }
-                _ => {
-                    let e = &list[i - 2];
-                    let child = match cursor.lookup(&e.name) {
-                        Ok(c) => c,
-                        Err(_) => {
-                            i += 1;
-                            continue;
-                        }
-                    };
-                    let a = match self.attr_of(&child, &child.st) {
-                        Ok(a) => a,
-                        Err(_) => {
-                            i += 1;
-                            continue;
-                        }
-                    };
-                    let full = reply.add(
-                        INodeNo(child.ino),
-                        (i + 1) as u64,
-                        &e.name,
-                        &self.ttls_for(&a).1,
-                        &a,
-                        Generation(0),
-                    );
-                    if !full {
-                        // The kernel now holds a reference to this entry.
-                        self.nodes.remember(child);
-                    }
-                    full
-                }
-            };
-            if full {
-                break;
             }
-            i += 1;
         }
+        let mut cursor = self.union.dir_cursor(&obj);
+        for (next, e) in list.after(offset) {
+            let Ok(child) = cursor.lookup(&e.name) else {
+                continue;
+            };
+            let Ok(a) = self.attr_of(&child, &child.st) else {
+                continue;
+            };
+            let entry_ttl = self.ttls_for(&a).1;
+            if reply.add(
+                INodeNo(child.ino),
+                next,
+                &e.name,
+                &entry_ttl,
+                &a,
+                Generation(0),
+            ) {
+                return reply.ok();
+            }
+            // The kernel now holds a reference to this entry.
+            self.nodes.remember(child);
+        }
+        self.listing_done(ino, &list);
         reply.ok();
     }
 }

@@ -1,10 +1,10 @@
-//! Open files and directories.
+//! Open files.
 //!
 //! A file handle holds the backing fd and the branch it was opened on; a read-only
 //! handle whose object has since been copied up is reopened from the copy on its next
 //! read, so every open of a file sees the same data (as overlayfs does since 4.19).
-//! A directory handle holds the merged listing taken at its first read, which makes
-//! readdir offsets stable for the life of the handle.
+//! Directories have no handles: their listings live in `listing` (stable offsets
+//! without one).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,9 +13,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
-use crate::core::DirEntry;
-
-pub(crate) struct FileHandle {
+pub(crate) struct OpenFile {
     pub(crate) ino: u64,
     pub(crate) fd: RwLock<Arc<OwnedFd>>,
     /// (branch id, indexed) the fd was opened on.
@@ -38,18 +36,9 @@ pub(crate) enum Io {
     Passthrough,
 }
 
-pub(crate) struct DirHandle {
-    pub(crate) entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
-}
-
-pub(crate) enum Handle {
-    File(FileHandle),
-    Dir(DirHandle),
-}
-
 pub(crate) struct HandleTable {
     next: AtomicU64,
-    map: DashMap<u64, Arc<Handle>>,
+    map: DashMap<u64, Arc<OpenFile>>,
 }
 
 impl HandleTable {
@@ -60,21 +49,17 @@ impl HandleTable {
         }
     }
 
-    pub(crate) fn insert(&self, h: Handle) -> u64 {
+    pub(crate) fn insert(&self, h: OpenFile) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.map.insert(id, Arc::new(h));
         id
     }
 
-    pub(crate) fn get(&self, id: u64) -> Option<Arc<Handle>> {
+    pub(crate) fn get(&self, id: u64) -> Option<Arc<OpenFile>> {
         self.map.get(&id).map(|h| h.clone())
     }
 
-    pub(crate) fn remove(&self, id: u64) {
-        self.map.remove(&id);
-    }
-
-    pub(crate) fn take(&self, id: u64) -> Option<Arc<Handle>> {
+    pub(crate) fn take(&self, id: u64) -> Option<Arc<OpenFile>> {
         self.map.remove(&id).map(|(_, h)| h)
     }
 
@@ -83,9 +68,7 @@ impl HandleTable {
     pub(crate) fn passthrough_on(&self, branch_id: u64) -> Vec<(u64, bool)> {
         let mut out: Vec<(u64, bool)> = Vec::new();
         for h in self.map.iter() {
-            let Handle::File(f) = &**h.value() else {
-                continue;
-            };
+            let f = h.value();
             if f.io != Io::Passthrough || f.opened_on.lock().0 != branch_id {
                 continue;
             }
@@ -101,11 +84,9 @@ impl HandleTable {
     /// (a lift): its handles there are now handles here.
     pub(crate) fn moved(&self, ino: u64, from: u64, to: u64) {
         for h in self.map.iter() {
-            if let Handle::File(f) = &**h.value() {
-                let mut on = f.opened_on.lock();
-                if f.ino == ino && on.0 == from {
-                    on.0 = to;
-                }
+            let mut on = h.opened_on.lock();
+            if h.ino == ino && on.0 == from {
+                on.0 = to;
             }
         }
     }
@@ -115,10 +96,8 @@ impl HandleTable {
         let mut out: Vec<u64> = self
             .map
             .iter()
-            .filter_map(|h| match &**h.value() {
-                Handle::File(f) if f.writable && f.io != Io::Passthrough => Some(f.ino),
-                _ => None,
-            })
+            .filter(|h| h.writable && h.io != Io::Passthrough)
+            .map(|h| h.ino)
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -134,10 +113,7 @@ impl HandleTable {
     pub(crate) fn open_on(&self, branch_id: u64) -> usize {
         self.map
             .iter()
-            .filter(|h| match &**h.value() {
-                Handle::File(f) => f.opened_on.lock().0 == branch_id,
-                Handle::Dir(_) => false,
-            })
+            .filter(|h| h.opened_on.lock().0 == branch_id)
             .count()
     }
 }

@@ -8,6 +8,7 @@ pub mod attr;
 mod control;
 mod dir;
 mod handles;
+mod listing;
 mod nodes;
 pub mod passthrough;
 mod plumbing;
@@ -34,7 +35,7 @@ use crate::core::setattr::SetAttr;
 use crate::core::{Caller, CoreError, Obj, Union};
 
 pub use attr::Ttls;
-use handles::{DirHandle, Handle, HandleTable};
+use handles::HandleTable;
 use nodes::NodeTable;
 
 /// The union as a FUSE filesystem.
@@ -42,6 +43,8 @@ pub struct UnionFs {
     union: Arc<Union>,
     nodes: Arc<NodeTable>,
     handles: Arc<HandleTable>,
+    /// Directory listings being read, by node (see `listing`).
+    listings: dashmap::DashMap<u64, Arc<listing::Listing>>,
     ttl: Ttls,
     passthrough: Arc<passthrough::PassthroughTable<fuser::BackingId>>,
 }
@@ -109,6 +112,9 @@ impl fuser::Filesystem for UnionFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.nodes.forget(ino.0, nlookup);
+        if self.nodes.get(ino.0).is_none() {
+            self.listings.remove(&ino.0);
+        }
         // After a large eviction give the freed node memory back to the system.
         static FORGOTTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         if FORGOTTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8192 == 8191 {
@@ -464,7 +470,10 @@ impl fuser::Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do at close (writes went to the backing file already, and locks are
+        // the kernel's): ENOSYS tells the kernel to stop sending FLUSH, one request less
+        // per close(2).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -477,11 +486,9 @@ impl fuser::Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some(h) = self.handles.take(fh.0) {
-            if let Handle::File(f) = &*h {
-                if f.io != handles::Io::Uncounted {
-                    self.passthrough.release(f.ino);
-                }
+        if let Some(f) = self.handles.take(fh.0) {
+            if f.io != handles::Io::Uncounted {
+                self.passthrough.release(f.ino);
             }
         }
         reply.ok();
@@ -508,12 +515,13 @@ impl fuser::Filesystem for UnionFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _gate = self.union.op_guard();
         match self.node(ino) {
-            Ok(n) if n.obj().is_dir() => {
-                let fh = self.handles.insert(Handle::Dir(DirHandle {
-                    entries: parking_lot::Mutex::new(None),
-                }));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
+            // Directories need no handle (listing offsets are stable without one). With
+            // attributes cached, ENOSYS makes the kernel skip OPENDIR and RELEASEDIR from
+            // now on and cache listings, reset when the directory's mtime or version
+            // changes, or on `ctl refresh`. With attr_timeout=0 every listing is read
+            // afresh, as the user asked.
+            Ok(n) if n.obj().is_dir() && !self.ttl.attr.is_zero() => reply.error(Errno::ENOSYS),
+            Ok(n) if n.obj().is_dir() => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(e),
         }
@@ -523,35 +531,34 @@ impl fuser::Filesystem for UnionFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
         let _gate = self.union.op_guard();
-        self.do_readdir(ino, fh, offset, reply);
+        self.do_readdir(ino, offset, reply);
     }
 
     fn readdirplus(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
         let _gate = self.union.op_guard();
-        self.do_readdirplus(ino, fh, offset, reply);
+        self.do_readdirplus(ino, offset, reply);
     }
 
     fn releasedir(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.handles.remove(fh.0);
         reply.ok();
     }
 

@@ -11,7 +11,7 @@ use fuser::{Errno, FileHandle, Generation, INodeNo, ReplyEntry, Request};
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::handles::{Handle, HandleTable, Io};
+use super::handles::{HandleTable, Io, OpenFile};
 use super::nodes::{Node, NodeTable};
 use super::passthrough::{Busy, IoMode, OpenTarget, PassthroughMode, PassthroughTable};
 use super::{attr, caller, err, io_err, Res, Ttls, UnionFs};
@@ -27,6 +27,7 @@ impl UnionFs {
             union,
             nodes: Arc::new(NodeTable::new(root)),
             handles: Arc::new(HandleTable::new()),
+            listings: dashmap::DashMap::new(),
             ttl,
             passthrough: Arc::new(PassthroughTable::new(PassthroughMode::Auto)),
         })
@@ -50,7 +51,7 @@ impl UnionFs {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let is_final = self.union.is_final(obj);
         let io = self.io_mode(obj.ino, &fd, is_final, writable, || open_backing(&fd))?;
-        let h = super::handles::FileHandle {
+        let h = super::handles::OpenFile {
             ino: obj.ino,
             fd: parking_lot::RwLock::new(Arc::new(fd)),
             opened_on: parking_lot::Mutex::new(self.location(obj)),
@@ -58,7 +59,7 @@ impl UnionFs {
             flags,
             io: io.kind(),
         };
-        Ok((self.handles.insert(Handle::File(h)), io))
+        Ok((self.handles.insert(h), io))
     }
 
     /// A write-open of `obj` (inode `ino`) while passthrough handles hold a file this
@@ -198,16 +199,13 @@ impl UnionFs {
         Ok((a, fd, obj))
     }
 
-    pub(super) fn file_handle(&self, fh: FileHandle) -> Res<Arc<Handle>> {
+    pub(super) fn file_handle(&self, fh: FileHandle) -> Res<Arc<OpenFile>> {
         self.handles.get(fh.0).ok_or(Errno::EBADF)
     }
 
     /// The fd of an open file, reopened if the file was copied up since it was opened.
     pub(super) fn fd_for(&self, fh: FileHandle, for_write: bool) -> Res<Arc<OwnedFd>> {
-        let h = self.file_handle(fh)?;
-        let Handle::File(f) = &*h else {
-            return Err(Errno::EISDIR);
-        };
+        let f = self.file_handle(fh)?;
         if !for_write && !f.writable {
             // A reader follows the file to its copy, so all opens see the same data.
             if let Some(node) = self.nodes.get(f.ino) {
@@ -278,26 +276,6 @@ impl UnionFs {
         up.ino = ino.0;
         node.set_obj(up.clone());
         self.attr_of(&up, &up.st)
-    }
-
-    pub(super) fn dir_entries(
-        &self,
-        ino: INodeNo,
-        fh: FileHandle,
-    ) -> Res<(Obj, Arc<Vec<crate::core::DirEntry>>)> {
-        let node = self.node(ino)?;
-        let obj = self.current(&node)?;
-        let h = self.file_handle(fh)?;
-        let Handle::Dir(d) = &*h else {
-            return Err(Errno::ENOTDIR);
-        };
-        let mut slot = d.entries.lock();
-        if let Some(e) = &*slot {
-            return Ok((obj, e.clone()));
-        }
-        let list = Arc::new(self.union.readdir(&obj).map_err(err)?);
-        *slot = Some(list.clone());
-        Ok((obj, list))
     }
 
     pub(super) fn parent_ino(&self, obj: &Obj) -> u64 {

@@ -1,0 +1,166 @@
+//! Directory listings through the mount. Offsets are cookies (hashes of names), so: a big
+//! merged directory read in many chunks shows every name once; a name present for a whole
+//! scan shows exactly once while the directory changes and other scans start; telldir and
+//! seekdir come back to the same place, also in another open of the directory. The kernel
+//! caches listings (no OPENDIR with attributes cached): an out-of-band change shows after
+//! `ctl refresh`, and at once with `attr_timeout=0`.
+
+use std::collections::HashSet;
+use std::ffi::{CStr, CString};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::ctl::{ctl, mount_with};
+
+fn names(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn assert_once(got: &[String]) -> HashSet<String> {
+    let set: HashSet<String> = got.iter().cloned().collect();
+    assert_eq!(set.len(), got.len(), "a name listed twice");
+    set
+}
+
+#[test]
+fn a_big_merged_directory_lists_every_name_once_with_d_ino_equal_to_st_ino() {
+    let Some(fx) = mount_with(&[]) else { return };
+    fs::create_dir(fx.low.join("d")).unwrap();
+    fs::create_dir(fx.up.join("d")).unwrap();
+    for i in 0..2000 {
+        fs::write(fx.low.join(format!("d/low{i}")), "").unwrap();
+    }
+    for i in 0..1000 {
+        fs::write(fx.up.join(format!("d/up{i}")), "").unwrap();
+        // The same names in both branches: shown once.
+        fs::write(fx.low.join(format!("d/up{i}")), "").unwrap();
+    }
+    let d = fx.mnt.join("d");
+    for i in (0..2000).step_by(3) {
+        fs::remove_file(d.join(format!("low{i}"))).unwrap(); // whiteouts
+    }
+    let mut want: HashSet<String> = (0..1000).map(|i| format!("up{i}")).collect();
+    want.extend((0..2000).filter(|i| i % 3 != 0).map(|i| format!("low{i}")));
+    for _ in 0..2 {
+        // The second scan may come from the kernel's cache: the same answer.
+        assert_eq!(assert_once(&names(&d)), want);
+    }
+    for e in fs::read_dir(&d).unwrap().take(50) {
+        let e = e.unwrap();
+        assert_eq!(
+            std::os::unix::fs::DirEntryExt::ino(&e),
+            fs::symlink_metadata(e.path()).unwrap().ino(),
+            "{:?}",
+            e.file_name()
+        );
+    }
+}
+
+#[test]
+fn a_name_present_for_a_whole_scan_is_listed_exactly_once_while_the_directory_changes() {
+    let Some(fx) = mount_with(&[]) else { return };
+    fs::create_dir(fx.low.join("d")).unwrap();
+    for i in 0..3000 {
+        fs::write(fx.low.join(format!("d/stay{i}")), "").unwrap();
+    }
+    let d = fx.mnt.join("d");
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Churn: names come and go, and every round starts a scan of its own (a fresh
+        // merge in the daemon, from offset 0).
+        let churn = s.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                fs::write(d.join(format!("churn{i}")), "").unwrap();
+                if i > 0 {
+                    fs::remove_file(d.join(format!("churn{}", i - 1))).unwrap();
+                }
+                let _ = fs::read_dir(&d).unwrap().next();
+                i += 1;
+            }
+            i
+        });
+        for _ in 0..5 {
+            let got = names(&d);
+            let stay: Vec<String> = got.into_iter().filter(|n| n.starts_with("stay")).collect();
+            assert_eq!(assert_once(&stay).len(), 3000);
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(churn.join().unwrap() > 0, "the churn never ran");
+    });
+}
+
+/// The names `n` readdir(3) calls return from `dir`.
+unsafe fn read_n(dir: *mut libc::DIR, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let e = libc::readdir(dir);
+        if e.is_null() {
+            break;
+        }
+        out.push(
+            CStr::from_ptr((*e).d_name.as_ptr())
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    out
+}
+
+#[test]
+fn seekdir_to_a_telldir_position_returns_to_the_same_place_in_any_open() {
+    let Some(fx) = mount_with(&[]) else { return };
+    fs::create_dir(fx.low.join("d")).unwrap();
+    for i in 0..1500 {
+        fs::write(fx.low.join(format!("d/f{i}")), "").unwrap();
+    }
+    let path = CString::new(fx.mnt.join("d").as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain libc directory stream calls on streams this test opens and closes.
+    unsafe {
+        let a = libc::opendir(path.as_ptr());
+        assert!(!a.is_null());
+        assert_eq!(read_n(a, 700).len(), 700);
+        let pos = libc::telldir(a);
+        let next = read_n(a, 100);
+        assert_eq!(next.len(), 100);
+        read_n(a, 300);
+        libc::seekdir(a, pos);
+        assert_eq!(read_n(a, 100), next, "seekdir in the same stream");
+        let b = libc::opendir(path.as_ptr());
+        assert!(!b.is_null());
+        libc::seekdir(b, pos);
+        assert_eq!(read_n(b, 100), next, "seekdir in another open");
+        libc::closedir(a);
+        libc::closedir(b);
+    }
+}
+
+#[test]
+fn an_out_of_band_change_shows_after_refresh_and_at_once_without_attribute_caching() {
+    for (extra, needs_refresh) in [
+        (&[][..], true),
+        (&["-o", "attr_timeout=0,entry_timeout=0"][..], false),
+    ] {
+        let Some(fx) = mount_with(extra) else { return };
+        fs::create_dir(fx.low.join("d")).unwrap();
+        fs::create_dir(fx.up.join("d")).unwrap();
+        fs::write(fx.up.join("d/a"), "").unwrap();
+        let d = fx.mnt.join("d");
+        assert_eq!(names(&d), ["a"]);
+        // Into the lower branch, behind the union's back: the merged directory's own
+        // attributes (the upper's) do not change.
+        fs::write(fx.low.join("d/b"), "").unwrap();
+        if needs_refresh {
+            ctl(&fx.mnt, &["refresh"]).ok();
+        }
+        let mut got = names(&d);
+        got.sort();
+        assert_eq!(got, ["a", "b"], "{extra:?}");
+    }
+}
