@@ -3,7 +3,9 @@
 //! scan shows exactly once while the directory changes and other scans start; telldir and
 //! seekdir come back to the same place, also in another open of the directory. The kernel
 //! caches listings (no OPENDIR with attributes cached): an out-of-band change shows after
-//! `ctl refresh`, and at once with `attr_timeout=0`.
+//! `ctl refresh`, and at once with `attr_timeout=0`. Lookups in a directory use branch
+//! fds the daemon keeps for at most the entry timeout: a directory moved out of its branch
+//! behind the union's back stops serving names after that, or at once after `refresh`.
 
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
@@ -162,5 +164,57 @@ fn an_out_of_band_change_shows_after_refresh_and_at_once_without_attribute_cachi
         let mut got = names(&d);
         got.sort();
         assert_eq!(got, ["a", "b"], "{extra:?}");
+    }
+}
+
+/// `fstatat(dir, name)`: a lookup in `dir` itself, which the kernel does not revalidate.
+fn stat_in(dir: &fs::File, name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let name = CString::new(name).unwrap();
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid fd, NUL-terminated name, and a buffer the kernel fills.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn a_directory_moved_out_of_a_branch_is_noticed_after_the_entry_timeout_or_a_refresh() {
+    // The daemon keeps each directory's branch fds for lookups in it, at most for the
+    // entry timeout. A directory moved out of the branch behind the union's back must not
+    // keep serving names from its new place, outside the branches.
+    for refresh in [false, true] {
+        let timeout = if refresh {
+            "entry_timeout=60"
+        } else {
+            "entry_timeout=0.3"
+        };
+        let Some(fx) = mount_with(&["-o", timeout]) else {
+            return;
+        };
+        fs::create_dir(fx.low.join("d")).unwrap();
+        fs::write(fx.low.join("d/f"), "").unwrap();
+        let d = fs::File::open(fx.mnt.join("d")).unwrap();
+        stat_in(&d, "f").unwrap();
+        let outside = fx.t.mkdir("outside");
+        fs::rename(fx.low.join("d"), outside.join("d")).unwrap();
+        fs::write(outside.join("d/g"), "").unwrap();
+        if refresh {
+            ctl(&fx.mnt, &["refresh"]).ok();
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+        }
+        let e = stat_in(&d, "g").expect_err("a name from outside the branches");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{timeout}: {e}");
     }
 }

@@ -2,7 +2,9 @@
 //! its type; a whiteout hides the name below; an opaque directory stops the merge.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use super::error::{IoContext, Result};
 use super::{inode, parent_fd, sys, CoreError, Layers, Obj, Stack, Union};
@@ -19,25 +21,47 @@ impl Union {
     /// A cursor for many lookups in one directory (readdirplus): the directory is
     /// opened once per branch instead of once per name.
     pub fn dir_cursor(&self, parent: &Obj) -> DirCursor {
+        self.dir_cursor_on(parent, Arc::new(self.dir_fds(parent)))
+    }
+
+    /// A cursor on directory fds opened before (see [`DirFds::fits`]).
+    pub fn dir_cursor_on(&self, parent: &Obj, fds: Arc<DirFds>) -> DirCursor {
         DirCursor {
             stack: self.stack(),
-            fds: ParentFds::new(parent.layers.len()),
+            fds,
             parent: parent.clone(),
+        }
+    }
+
+    /// `parent`'s directory in each of its layers, opened lazily, for one or more cursors.
+    pub fn dir_fds(&self, parent: &Obj) -> DirFds {
+        DirFds::new(&self.stack(), parent)
+    }
+}
+
+impl DirFds {
+    fn new(stack: &Stack, parent: &Obj) -> DirFds {
+        DirFds {
+            gen: stack.layers_gen(),
+            path: parent.path.clone(),
+            layers: parent.layers.clone(),
+            born: Instant::now(),
+            slots: (0..parent.layers.len()).map(|_| OnceLock::new()).collect(),
         }
     }
 }
 
 /// Repeated lookups in one directory, on one stack snapshot.
 pub struct DirCursor {
-    stack: std::sync::Arc<Stack>,
+    stack: Arc<Stack>,
     parent: Obj,
-    fds: ParentFds,
+    fds: Arc<DirFds>,
 }
 
 impl DirCursor {
     /// Finds `name` in the cursor's directory.
     pub fn lookup(&mut self, name: &OsStr) -> Result<Obj> {
-        lookup_with(&self.stack, &self.parent, name, &mut self.fds)?.ok_or_else(|| {
+        lookup_with(&self.stack, &self.parent, name, &self.fds)?.ok_or_else(|| {
             CoreError::NotFound {
                 op: "lookup",
                 path: self.parent.path.join(name),
@@ -46,46 +70,64 @@ impl DirCursor {
     }
 }
 
-/// The parent directory opened in each of its layers, lazily.
-pub(crate) struct ParentFds {
-    slots: Vec<Slot>,
+/// A directory opened (`O_PATH`, beneath the branch root) in each of its layers, lazily,
+/// and when: kept by the adapter so that lookups in a directory need not walk its path
+/// again in every branch.
+pub struct DirFds {
+    /// The stack's layer generation when taken: any change of directory layers since
+    /// (a copy-up, rename or removal of a directory, a stack change, `refresh`) ends it.
+    gen: u64,
+    path: std::path::PathBuf,
+    layers: Layers,
+    born: Instant,
+    /// Per layer: unopened, or opened (None: not there).
+    slots: Vec<OnceLock<Option<OwnedFd>>>,
 }
 
-enum Slot {
-    Unopened,
-    Missing,
-    Open(std::os::fd::OwnedFd),
-}
-
-impl ParentFds {
-    pub(crate) fn new(n: usize) -> ParentFds {
-        ParentFds {
-            slots: (0..n).map(|_| Slot::Unopened).collect(),
-        }
+impl DirFds {
+    /// Whether these fds still serve `parent` on `union`'s stack, having been opened less
+    /// than `max_age` ago. The age is the revalidation: a directory moved or removed in a
+    /// branch behind the union's back is noticed within `max_age` (the adapter passes the
+    /// kernel's entry timeout, the time the kernel itself trusts a name for).
+    pub fn fits(&self, union: &Union, parent: &Obj, max_age: Duration) -> bool {
+        self.gen == union.stack().layers_gen()
+            && self.path == parent.path
+            && self.layers == parent.layers
+            && self.young(max_age)
     }
 
-    /// The parent in layer position `pos` (branch `b`), or None if it is not there.
+    /// Whether these fds were opened less than `max_age` ago.
+    pub fn young(&self, max_age: Duration) -> bool {
+        self.born.elapsed() < max_age
+    }
+
+    /// How many fds this can hold.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The directory in layer position `pos` (branch `b`), or None if it is not there.
     fn get(
-        &mut self,
+        &self,
         stack: &Stack,
         pos: usize,
         b: u16,
         rel: &std::path::Path,
-    ) -> std::io::Result<Option<std::os::fd::BorrowedFd<'_>>> {
-        if let Slot::Unopened = self.slots[pos] {
-            self.slots[pos] = match parent_fd(stack, b, rel) {
-                Ok(d) => Slot::Open(d),
-                // The parent vanished from this branch under us (out-of-band change).
+    ) -> std::io::Result<Option<BorrowedFd<'_>>> {
+        let slot = &self.slots[pos];
+        if slot.get().is_none() {
+            let fd = match parent_fd(stack, b, rel) {
+                Ok(d) => Some(d),
+                // The directory vanished from this branch (out-of-band change).
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-                    Slot::Missing
+                    None
                 }
                 Err(e) => return Err(e),
             };
+            // A racing thread may have set it first: its fd serves as well as ours.
+            let _ = slot.set(fd);
         }
-        Ok(match &self.slots[pos] {
-            Slot::Open(d) => Some(d.as_fd()),
-            _ => None,
-        })
+        Ok(slot.get().and_then(|fd| fd.as_ref().map(|d| d.as_fd())))
     }
 }
 
@@ -107,7 +149,7 @@ fn metacopy_data(
     parent: &Obj,
     name: &OsStr,
     from: usize,
-    fds: &mut ParentFds,
+    fds: &DirFds,
     meta_cut: Option<u16>,
 ) -> std::io::Result<Option<(u16, sys::Stat)>> {
     for (pos, &b) in parent.layers.iter().enumerate().skip(from) {
@@ -149,20 +191,10 @@ pub(crate) fn is_hidden_name(stack: &Stack, parent_path: &std::path::Path, name:
 
 /// The lookup itself, on one stack snapshot. `Ok(None)`: not visible.
 pub(crate) fn lookup_in(stack: &Stack, parent: &Obj, name: &OsStr) -> Result<Option<Obj>> {
-    lookup_with(
-        stack,
-        parent,
-        name,
-        &mut ParentFds::new(parent.layers.len()),
-    )
+    lookup_with(stack, parent, name, &DirFds::new(stack, parent))
 }
 
-fn lookup_with(
-    stack: &Stack,
-    parent: &Obj,
-    name: &OsStr,
-    fds: &mut ParentFds,
-) -> Result<Option<Obj>> {
+fn lookup_with(stack: &Stack, parent: &Obj, name: &OsStr, fds: &DirFds) -> Result<Option<Obj>> {
     let path = parent.path.join(name);
     if name == "." || name == ".." || name.is_empty() {
         return Err(super::error::errno("lookup", &path, libc::EINVAL));
@@ -266,9 +298,10 @@ fn lookup_with(
     };
     let bottom_branch = *layers.last().unwrap_or(&0);
     let ino = if stack.is_rw(bottom_branch) && stack.branches.len() > 1 {
-        match parent_fd(stack, bottom_branch, &parent.path) {
-            Ok(d) => stack.ino_of(bottom_branch, d.as_fd(), name, &bottom),
-            Err(_) => stack.map_ino(bottom.st_dev, bottom.st_ino),
+        let pos = parent.layers.iter().position(|&b| b == bottom_branch);
+        match pos.map(|p| fds.get(stack, p, bottom_branch, &parent.path)) {
+            Some(Ok(Some(d))) => stack.ino_of(bottom_branch, d, name, &bottom),
+            _ => stack.map_ino(bottom.st_dev, bottom.st_ino),
         }
     } else {
         stack.map_ino(bottom.st_dev, bottom.st_ino)

@@ -33,6 +33,7 @@ use smallvec::SmallVec;
 pub use branch::{Branch, Mode};
 pub use error::{CoreError, Result};
 pub use lift::Lift;
+pub use lookup::{DirCursor, DirFds};
 pub use readdir::DirEntry;
 pub use whiteout::WhiteoutFormat;
 

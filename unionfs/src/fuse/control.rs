@@ -24,6 +24,7 @@ pub struct Control {
     handles: Arc<HandleTable>,
     passthrough: Arc<super::passthrough::PassthroughTable<fuser::BackingId>>,
     notifier: Arc<OnceLock<Notifier>>,
+    dir_fds: Arc<super::dirfds::DirFdCache>,
 }
 
 impl UnionFs {
@@ -35,6 +36,7 @@ impl UnionFs {
             handles: self.handles.clone(),
             passthrough: self.passthrough.clone(),
             notifier: Arc::new(OnceLock::new()),
+            dir_fds: self.dir_fds.clone(),
         }
     }
 }
@@ -138,6 +140,7 @@ impl Control {
     /// readdir or read asks the (new) stack. Call without holding the union's gate:
     /// the kernel may need locks that in-flight requests hold.
     pub fn invalidate_all(&self) {
+        self.dir_fds.clear();
         let Some(n) = self.notifier.get() else { return };
         let all = self.nodes.all();
         let by_path: HashMap<&Path, u64> = all.iter().map(|(i, p)| (p.as_path(), *i)).collect();

@@ -55,7 +55,7 @@ impl UnionFs {
         {
             return reply.ok();
         }
-        let mut cursor = self.union.dir_cursor(&obj);
+        let mut cursor = self.cursor(&obj);
         for (next, e) in list.after(offset) {
             // d_ino must equal st_ino: ask the union for the entry's number.
             let Ok(child) = cursor.lookup(&e.name) else {
@@ -109,7 +109,7 @@ impl UnionFs {
                 }
             }
         }
-        let mut cursor = self.union.dir_cursor(&obj);
+        let mut cursor = self.cursor(&obj);
         for (next, e) in list.after(offset) {
             let Ok(child) = cursor.lookup(&e.name) else {
                 continue;

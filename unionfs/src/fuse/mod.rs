@@ -7,6 +7,7 @@
 pub mod attr;
 mod control;
 mod dir;
+mod dirfds;
 mod handles;
 mod listing;
 mod nodes;
@@ -45,6 +46,8 @@ pub struct UnionFs {
     handles: Arc<HandleTable>,
     /// Directory listings being read, by node (see `listing`).
     listings: dashmap::DashMap<u64, Arc<listing::Listing>>,
+    /// Branch directory fds of the directories looked in lately.
+    dir_fds: Arc<dirfds::DirFdCache>,
     ttl: Ttls,
     passthrough: Arc<passthrough::PassthroughTable<fuser::BackingId>>,
 }
@@ -114,6 +117,7 @@ impl fuser::Filesystem for UnionFs {
         self.nodes.forget(ino.0, nlookup);
         if self.nodes.get(ino.0).is_none() {
             self.listings.remove(&ino.0);
+            self.dir_fds.forget(ino.0);
         }
         // After a large eviction give the freed node memory back to the system.
         static FORGOTTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -28,6 +28,7 @@ impl UnionFs {
             nodes: Arc::new(NodeTable::new(root)),
             handles: Arc::new(HandleTable::new()),
             listings: dashmap::DashMap::new(),
+            dir_fds: Arc::new(super::dirfds::DirFdCache::new(ttl.entry)),
             ttl,
             passthrough: Arc::new(PassthroughTable::new(PassthroughMode::Auto)),
         })
@@ -125,10 +126,15 @@ impl UnionFs {
 
     /// Looks `name` up in `parent` and records the kernel's new reference.
     pub(super) fn do_lookup(&self, parent: &Obj, name: &OsStr) -> Res<fuser::FileAttr> {
-        let obj = self.union.lookup(parent, name).map_err(err)?;
+        let obj = self.cursor(parent).lookup(name).map_err(err)?;
         let a = self.attr_of(&obj, &obj.st)?;
         self.nodes.remember(obj);
         Ok(a)
+    }
+
+    /// A lookup cursor in the directory `dir`, on its cached branch fds.
+    pub(super) fn cursor(&self, dir: &Obj) -> crate::core::DirCursor {
+        self.dir_fds.cursor(&self.union, dir.ino, dir)
     }
 
     /// Re-reads a node's object from the union (after a change that may have moved it,
