@@ -16,6 +16,23 @@ use super::{attr, err, Res, UnionFs};
 use crate::core::Obj;
 
 impl UnionFs {
+    pub(super) fn do_opendir(&self, ino: INodeNo, reply: fuser::ReplyOpen) {
+        let _gate = self.union.op_guard();
+        match self.node(ino) {
+            // Directories need no handle (listing offsets are stable without one). With
+            // attributes cached, ENOSYS makes the kernel skip OPENDIR and RELEASEDIR from
+            // now on and cache listings, reset when the directory's mtime or version
+            // changes, or on `ctl refresh`. With attr_timeout=0 every listing is read
+            // afresh, as the user asked.
+            Ok(n) if n.obj().is_dir() && !self.ttl.attr.is_zero() => reply.error(Errno::ENOSYS),
+            Ok(n) if n.obj().is_dir() => {
+                reply.opened(fuser::FileHandle(0), fuser::FopenFlags::empty())
+            }
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// The directory and the listing to continue from `offset` in.
     fn listing(&self, ino: INodeNo, offset: u64) -> Res<(Obj, Arc<Listing>)> {
         let node = self.node(ino)?;

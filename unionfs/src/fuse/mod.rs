@@ -517,18 +517,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _gate = self.union.op_guard();
-        match self.node(ino) {
-            // Directories need no handle (listing offsets are stable without one). With
-            // attributes cached, ENOSYS makes the kernel skip OPENDIR and RELEASEDIR from
-            // now on and cache listings, reset when the directory's mtime or version
-            // changes, or on `ctl refresh`. With attr_timeout=0 every listing is read
-            // afresh, as the user asked.
-            Ok(n) if n.obj().is_dir() && !self.ttl.attr.is_zero() => reply.error(Errno::ENOSYS),
-            Ok(n) if n.obj().is_dir() => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
-        }
+        self.do_opendir(ino, reply);
     }
 
     fn readdir(
