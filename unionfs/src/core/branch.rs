@@ -10,7 +10,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::sys;
 
@@ -57,6 +57,12 @@ pub struct WorkDir {
     /// Hard-link index: one name per copied-up multiply-linked lower inode.
     pub(crate) index: OwnedFd,
     counter: AtomicU64,
+    /// The name in `tmp` of the whiteout inode that every new whiteout of this branch is
+    /// a hard link of (overlay format), as kernel overlayfs does since Linux 5.8: a link
+    /// allocates no inode, and inode allocation is most of a delete's cost on ext4.
+    shared_whiteout: parking_lot::Mutex<Option<String>>,
+    /// Set when the filesystem refuses such links: every whiteout is then its own inode.
+    no_shared_whiteout: AtomicBool,
     /// Shared flock on `lock` in a native work dir, held while the branch is rw here, so
     /// that `unionfs merge` (which takes it exclusively) never rewrites a live branch.
     _lock: Option<OwnedFd>,
@@ -114,6 +120,8 @@ impl WorkDir {
             tmp,
             index,
             counter: AtomicU64::new(0),
+            shared_whiteout: parking_lot::Mutex::new(None),
+            no_shared_whiteout: AtomicBool::new(false),
             _lock: lock,
         })
     }
@@ -122,6 +130,59 @@ impl WorkDir {
     pub(crate) fn temp_name(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("#{:x}.{n}", std::process::id())
+    }
+
+    /// Makes `name` in `dir` (absent there) an overlay whiteout by hard-linking the shared
+    /// whiteout inode. `Ok(false)`: no link could be made (another filesystem, links
+    /// refused); the caller then makes a whiteout of its own.
+    pub(crate) fn link_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+        // Twice at most: the shared inode may be full (EMLINK) or gone (cleared by hand).
+        for _ in 0..2 {
+            if self.no_shared_whiteout.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let shared = {
+                let mut g = self.shared_whiteout.lock();
+                match &*g {
+                    Some(n) => n.clone(),
+                    None => {
+                        let n = self.temp_name();
+                        if sys::mknodat(self.tmp.as_fd(), OsStr::new(&n), libc::S_IFCHR, 0).is_err()
+                        {
+                            return Ok(false);
+                        }
+                        *g = Some(n.clone());
+                        n
+                    }
+                }
+            };
+            match sys::linkat(self.tmp.as_fd(), OsStr::new(&shared), dir, name) {
+                Ok(()) => return Ok(true),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EMLINK) | Some(libc::ENOENT) => {
+                        let mut g = self.shared_whiteout.lock();
+                        if g.as_deref() == Some(shared.as_str()) {
+                            let _ = sys::unlinkat(self.tmp.as_fd(), OsStr::new(&shared), false);
+                            *g = None;
+                        }
+                        // ENOENT may also mean that `dir` itself is gone: the caller's
+                        // own mknod then says so.
+                    }
+                    Some(libc::EEXIST) => return Err(e),
+                    // A directory on another filesystem below the branch root.
+                    Some(libc::EXDEV) => return Ok(false),
+                    _ => {
+                        tracing::debug!(
+                            "whiteouts are not hard-linked on {}: {e}",
+                            self.path.display()
+                        );
+                        self.no_shared_whiteout.store(true, Ordering::Relaxed);
+                        return Ok(false);
+                    }
+                },
+            }
+        }
+        Ok(false)
     }
 }
 

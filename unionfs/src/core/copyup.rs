@@ -260,7 +260,6 @@ fn copy_dir_meta(
     let work = work_of(stack, target, rel)?;
     let tmp = OsString::from(work.temp_name());
     sys::mkdirat(work.tmp.as_fd(), &tmp, 0o700).ctx("copy-up", rel)?;
-    stack.bump_layers();
     let built = copy_meta(stack, src, name, st, work.tmp.as_fd(), &tmp)
         .map(|()| {
             if let Some(ino) = origin {
@@ -269,8 +268,11 @@ fn copy_dir_meta(
         })
         .ctx("copy-up", rel)
         .and_then(|()| place(work.tmp.as_fd(), &tmp, dst, name, rel));
-    if built.is_err() {
-        let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, true);
+    match &built {
+        Ok(()) => stack.bump_dir(rel),
+        Err(_) => {
+            let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, true);
+        }
     }
     built
 }
@@ -651,6 +653,35 @@ mod tests {
                 0
             );
         }
+    }
+
+    #[test]
+    fn a_directory_copy_up_makes_only_that_directory_stale() {
+        let t = Tree::new(&["rw", "ro"]);
+        t.dir("ro", "p");
+        t.dir("ro", "p/q");
+        t.dir("ro", "other");
+        t.file("ro", "p/q/f", "x");
+        let u = t.union(super::super::FormatChoice::Wh);
+        let (root, p, q, other) = (
+            u.root().unwrap(),
+            lookup_path(&u, "p"),
+            lookup_path(&u, "p/q"),
+            lookup_path(&u, "other"),
+        );
+        u.copy_up(&lookup_path(&u, "p/q/f"), Data::Full).unwrap();
+        let s = u.stack();
+        assert!(!s.is_current(p.gen, &p.path), "p was copied up");
+        assert!(!s.is_current(q.gen, &q.path), "p/q was copied up");
+        assert!(s.is_current(other.gen, &other.path));
+        assert!(s.is_current(root.gen, &root.path));
+        let p2 = lookup_path(&u, "p");
+        assert_eq!(p2.layers.as_slice(), &[0, 1]);
+        assert!(s.is_current(p2.gen, &p2.path));
+        // A stack-wide change still makes everything stale.
+        s.bump_layers();
+        assert!(!s.is_current(other.gen, &other.path));
+        assert!(!s.is_current(p2.gen, &p2.path));
     }
 
     #[test]

@@ -99,9 +99,6 @@ impl Union {
             )
             .ctx("create", &path)?;
         let is_dir = matches!(kind, NewKind::Dir);
-        if is_dir {
-            self.dirs_changed();
-        }
         let overlay = matches!(stack.format, super::WhiteoutFormat::Overlay { .. });
         let fd = if whiteout_here && overlay {
             // The whiteout is the entry itself: build aside, then swap it in.
@@ -169,6 +166,9 @@ impl Union {
             op: "create",
             path: path.clone(),
         })?;
+        if is_dir {
+            self.subdirs_changed(&parent.path, 1);
+        }
         Ok((obj, fd))
     }
 

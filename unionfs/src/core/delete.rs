@@ -10,27 +10,38 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use super::error::{errno, IoContext, Result};
-use super::lookup::lookup_in;
-use super::{parent_fd, sys, CoreError, DeleteMode, Obj, Stack, Union};
+use super::lookup::lookup_with;
+use super::{parent_fd, sys, CoreError, DeleteMode, Obj, Stack, Union, WhiteoutFormat};
+use super::{DirCursor, DirFds};
 
 const RENAME_WHITEOUT: u32 = 4;
 
 impl Union {
-    /// Removes the non-directory `name` from `parent`.
-    pub fn unlink(&self, parent: &Obj, name: &OsStr) -> Result<()> {
-        self.remove(parent, name, false)
+    /// Removes the non-directory `name` from `parent`; returns what it was.
+    pub fn unlink(&self, parent: &Obj, name: &OsStr) -> Result<Obj> {
+        self.remove(&self.dir_cursor(parent), name, false)
     }
 
-    /// Removes the empty directory `name` from `parent`.
-    pub fn rmdir(&self, parent: &Obj, name: &OsStr) -> Result<()> {
-        self.remove(parent, name, true)
+    /// Removes the empty directory `name` from `parent`; returns what it was.
+    pub fn rmdir(&self, parent: &Obj, name: &OsStr) -> Result<Obj> {
+        self.remove(&self.dir_cursor(parent), name, true)
     }
 
-    fn remove(&self, parent: &Obj, name: &OsStr, want_dir: bool) -> Result<()> {
+    /// [`Union::unlink`] in the directory of a cursor (on its branch fds).
+    pub fn unlink_in(&self, dir: &DirCursor, name: &OsStr) -> Result<Obj> {
+        self.remove(dir, name, false)
+    }
+
+    /// [`Union::rmdir`] in the directory of a cursor (on its branch fds).
+    pub fn rmdir_in(&self, dir: &DirCursor, name: &OsStr) -> Result<Obj> {
+        self.remove(dir, name, true)
+    }
+
+    fn remove(&self, dir: &DirCursor, name: &OsStr, want_dir: bool) -> Result<Obj> {
         let op = if want_dir { "rmdir" } else { "unlink" };
-        let stack = self.stack();
+        let (stack, parent, fds) = dir.parts();
         let path = parent.path.join(name);
-        let obj = lookup_in(&stack, parent, name)?.ok_or_else(|| CoreError::NotFound {
+        let obj = lookup_with(stack, parent, name, fds)?.ok_or_else(|| CoreError::NotFound {
             op,
             path: path.clone(),
         })?;
@@ -39,34 +50,36 @@ impl Union {
             (false, true) => return Err(errno(op, &path, libc::EISDIR)),
             _ => {}
         }
-        if super::meta::is_pinned(&stack, &parent.path, name) {
+        if super::meta::is_pinned(stack, &parent.path, name) {
             return Err(errno(op, &path, libc::EBUSY));
         }
         if want_dir && !self.is_empty_dir(&obj)? {
             return Err(errno(op, &path, libc::ENOTEMPTY));
         }
-        self.hide_name(&stack, parent, name, &obj, op, true)?;
+        self.hide_name(dir, name, &obj, op, true)?;
         if want_dir {
-            stack.bump_layers();
-            self.dirs_changed();
+            // The directory is gone (the adapter drops its cached fds); no other
+            // directory's layers changed, so nothing else is stale.
+            self.subdirs_changed(&parent.path, -1);
         }
-        Ok(())
+        Ok(obj)
     }
 
-    /// Makes `name` (the object `obj`) disappear from `parent` per the delete mode.
+    /// Makes `name` (the object `obj`) disappear from the cursor's directory per the
+    /// delete mode.
     /// `last_lower_name`: the name is going away for good (unlink), not moving (rename,
     /// whose copy-up already took the name off a hard link's lower count).
     pub(crate) fn hide_name(
         &self,
-        stack: &Stack,
-        parent: &Obj,
+        dir: &DirCursor,
         name: &OsStr,
         obj: &Obj,
         op: &'static str,
         last_lower_name: bool,
     ) -> Result<()> {
+        let (stack, parent, fds) = dir.parts();
         let path = parent.path.join(name);
-        let (chain, cut) = instances(stack, parent, name).ctx(op, &path)?;
+        let (chain, cut) = instances(stack, parent, fds, name).ctx(op, &path)?;
         let top = *chain.first().ok_or_else(|| CoreError::NotFound {
             op,
             path: path.clone(),
@@ -151,12 +164,7 @@ impl Union {
                 if st.is_some() {
                     remove_entry(dir.as_fd(), name).ctx(op, &path)?;
                 }
-                let before = sys::fstat(dir.as_fd()).ok();
-                stack
-                    .format
-                    .make_whiteout(dir.as_fd(), name)
-                    .ctx(op, &path)?;
-                let _ = before;
+                make_whiteout(stack, w, dir.as_fd(), name).ctx(op, &path)?;
             }
         }
         Ok(())
@@ -170,6 +178,7 @@ impl Union {
 pub(crate) fn instances(
     stack: &Stack,
     parent: &Obj,
+    fds: &DirFds,
     name: &OsStr,
 ) -> std::io::Result<(Vec<u16>, usize)> {
     let mut out = Vec::new();
@@ -184,18 +193,14 @@ pub(crate) fn instances(
         if meta_cut.is_some_and(|c| b > c) {
             break;
         }
-        let dir = match parent_fd(stack, b, &parent.path) {
-            Ok(d) => d,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-                continue
-            }
-            Err(e) => return Err(e),
+        let Some(dir) = fds.get(stack, pos, b, &parent.path)? else {
+            continue;
         };
-        let st = sys::stat_opt(dir.as_fd(), name)?;
+        let st = sys::stat_opt(dir, name)?;
         let foreign = !stack.is_rw(b);
         if stack
             .format
-            .is_whiteout_in(dir.as_fd(), name, st.as_ref(), foreign)?
+            .is_whiteout_in(dir, name, st.as_ref(), foreign)?
         {
             break;
         }
@@ -207,7 +212,7 @@ pub(crate) fn instances(
         if cut.is_none()
             && sys::is_dir(&st)
             && pos + 1 < n
-            && stack.format.is_opaque_in(dir.as_fd(), name, foreign)?
+            && stack.format.is_opaque_in(dir, name, foreign)?
         {
             cut = Some(out.len());
         }
@@ -228,28 +233,58 @@ fn remove_entry(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<()> {
     }
 }
 
-/// Replaces `name` in `dir` (on rw branch `b`) by a whiteout in one step where possible.
+/// Writes a whiteout for `name` (absent) in `dir`, on rw branch `b`: in the overlay
+/// format a hard link of the branch's shared whiteout inode where the filesystem allows.
+fn make_whiteout(stack: &Stack, b: u16, dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<()> {
+    if let (WhiteoutFormat::Overlay { .. }, Some(work)) =
+        (stack.format, stack.branch(b).work.as_ref())
+    {
+        if work.link_whiteout(dir, name)? {
+            return Ok(());
+        }
+    }
+    stack.format.make_whiteout(dir, name)
+}
+
+/// Replaces `name` in `dir` (on rw branch `b`) by a whiteout in one step where possible:
+/// a whiteout made in the work directory is exchanged with the entry, which then goes
+/// (overlayfs does the same); `RENAME_WHITEOUT`, or two steps, where that is refused.
 fn replace_with_whiteout(
     stack: &Stack,
     b: u16,
     dir: BorrowedFd<'_>,
     name: &OsStr,
 ) -> std::io::Result<()> {
-    let overlay = matches!(stack.format, super::WhiteoutFormat::Overlay { .. });
+    let overlay = matches!(stack.format, WhiteoutFormat::Overlay { .. });
     if let (true, Some(work)) = (overlay, stack.branch(b).work.as_ref()) {
         let tmp = OsString::from(work.temp_name());
+        if work.link_whiteout(work.tmp.as_fd(), &tmp)? {
+            match sys::renameat2(work.tmp.as_fd(), &tmp, dir, name, sys::RENAME_EXCHANGE) {
+                Ok(()) => return super::branch::remove_tree(work.tmp.as_fd(), &tmp),
+                Err(e) => {
+                    let _ = sys::unlinkat(work.tmp.as_fd(), &tmp, false);
+                    if !refused(&e) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
         match sys::renameat2(dir, name, work.tmp.as_fd(), &tmp, RENAME_WHITEOUT) {
             Ok(()) => return super::branch::remove_tree(work.tmp.as_fd(), &tmp),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EPERM) | Some(libc::EINVAL) | Some(libc::EACCES)
-                ) => {}
+            Err(e) if refused(&e) => {}
             Err(e) => return Err(e),
         }
     }
     remove_entry(dir, name)?;
-    stack.format.make_whiteout(dir, name)
+    make_whiteout(stack, b, dir, name)
+}
+
+/// Whether a rename flag was refused by the filesystem (rather than the rename failing).
+fn refused(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM) | Some(libc::EINVAL) | Some(libc::EACCES)
+    )
 }
 
 #[cfg(test)]
@@ -305,6 +340,50 @@ mod tests {
             assert_eq!(read(&u, &lookup_path(&u, "f")), "bottom");
             assert_eq!(u.unlink(&root, os("f")).unwrap_err().errno(), libc::EROFS);
         }
+    }
+
+    #[test]
+    fn overlay_whiteouts_are_links_of_one_inode() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if !formats().contains(&FormatChoice::Overlay) {
+            return;
+        }
+        let t = Tree::new(&["rw", "ro"]);
+        for n in ["a", "b", "both"] {
+            t.file("ro", n, "lower");
+        }
+        t.file("rw", "both", "upper");
+        t.dir("ro", "d");
+        t.dir("rw", "merged");
+        t.dir("ro", "merged");
+        let u = t.union(FormatChoice::Overlay);
+        let root = u.root().unwrap();
+        u.unlink(&root, os("a")).unwrap();
+        u.unlink(&root, os("b")).unwrap();
+        // An entry of the rw branch itself is exchanged for a whiteout.
+        u.unlink(&root, os("both")).unwrap();
+        u.rmdir(&root, os("d")).unwrap();
+        u.rmdir(&root, os("merged")).unwrap();
+        let ids: Vec<u64> = ["a", "b", "both", "d", "merged"]
+            .iter()
+            .map(|n| {
+                let m = std::fs::symlink_metadata(t.path("rw").join(n)).unwrap();
+                assert!(
+                    m.file_type().is_char_device() && m.rdev() == 0,
+                    "{n}: a whiteout"
+                );
+                m.ino()
+            })
+            .collect();
+        assert!(ids.iter().all(|&i| i == ids[0]), "one inode: {ids:?}");
+        for n in ["a", "b", "both", "d", "merged"] {
+            assert!(try_lookup(&u, n).is_none(), "{n} hidden");
+        }
+        // A name made again where a linked whiteout stood is an ordinary new file.
+        std::fs::remove_file(t.path("rw").join("a")).unwrap();
+        t.file("rw", "a", "new");
+        assert_eq!(read(&u, &lookup_path(&u, "a")), "new");
+        assert!(try_lookup(&u, "b").is_none());
     }
 
     #[test]

@@ -63,6 +63,10 @@ impl Union {
             }
             return Ok(());
         }
+        // A fresh lookup's stat already says so (a node's slim object has no link count).
+        if obj.st.st_nlink == 1 || obj.st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(());
+        }
         let src = parent_fd(stack, obj.top(), obj.parent_path()).ctx("unlink", rel)?;
         let st = sys::fstatat(src.as_fd(), obj.name()).ctx("unlink", rel)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink < 2 {

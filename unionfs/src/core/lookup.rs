@@ -40,7 +40,7 @@ impl Union {
 }
 
 impl DirFds {
-    fn new(stack: &Stack, parent: &Obj) -> DirFds {
+    pub(crate) fn new(stack: &Stack, parent: &Obj) -> DirFds {
         DirFds {
             gen: stack.layers_gen(),
             path: parent.path.clone(),
@@ -59,6 +59,26 @@ pub struct DirCursor {
 }
 
 impl DirCursor {
+    /// The stack snapshot, the directory and its branch fds.
+    pub(crate) fn parts(&self) -> (&Arc<Stack>, &Obj, &DirFds) {
+        (&self.stack, &self.parent, &self.fds)
+    }
+
+    /// The directory's own stat (from its top layer), on the cursor's fds.
+    pub fn stat_dir(&self) -> Result<sys::Stat> {
+        let top = self.parent.layers[0];
+        let not_found = || CoreError::NotFound {
+            op: "stat",
+            path: self.parent.path.clone(),
+        };
+        let dir = self
+            .fds
+            .get(&self.stack, 0, top, &self.parent.path)
+            .ctx("stat", &self.parent.path)?
+            .ok_or_else(not_found)?;
+        sys::fstat(dir).ctx("stat", &self.parent.path)
+    }
+
     /// Finds `name` in the cursor's directory.
     pub fn lookup(&mut self, name: &OsStr) -> Result<Obj> {
         lookup_with(&self.stack, &self.parent, name, &self.fds)?.ok_or_else(|| {
@@ -90,7 +110,7 @@ impl DirFds {
     /// branch behind the union's back is noticed within `max_age` (the adapter passes the
     /// kernel's entry timeout, the time the kernel itself trusts a name for).
     pub fn fits(&self, union: &Union, parent: &Obj, max_age: Duration) -> bool {
-        self.gen == union.stack().layers_gen()
+        union.stack().is_current(self.gen, &self.path)
             && self.path == parent.path
             && self.layers == parent.layers
             && self.young(max_age)
@@ -107,7 +127,7 @@ impl DirFds {
     }
 
     /// The directory in layer position `pos` (branch `b`), or None if it is not there.
-    fn get(
+    pub(crate) fn get(
         &self,
         stack: &Stack,
         pos: usize,
@@ -194,7 +214,12 @@ pub(crate) fn lookup_in(stack: &Stack, parent: &Obj, name: &OsStr) -> Result<Opt
     lookup_with(stack, parent, name, &DirFds::new(stack, parent))
 }
 
-fn lookup_with(stack: &Stack, parent: &Obj, name: &OsStr, fds: &DirFds) -> Result<Option<Obj>> {
+pub(crate) fn lookup_with(
+    stack: &Stack,
+    parent: &Obj,
+    name: &OsStr,
+    fds: &DirFds,
+) -> Result<Option<Obj>> {
     let path = parent.path.join(name);
     if name == "." || name == ".." || name.is_empty() {
         return Err(super::error::errno("lookup", &path, libc::EINVAL));

@@ -116,11 +116,20 @@ pub struct Stack {
     /// Whiteout format in force.
     pub format: WhiteoutFormat,
     devs: Vec<u64>,
-    /// Bumped whenever an existing directory gains or loses a layer (copy-up of a
-    /// directory, rename, rmdir): an `Obj` of a directory found before is then stale.
+    /// Generation counter: each change of directory layers takes the next value.
     layers_gen: std::sync::atomic::AtomicU64,
+    /// Every object older than this is stale (a directory renamed, a lift, `refresh`).
+    floor: std::sync::atomic::AtomicU64,
+    /// Directories that gained a layer (a copy-up) since `floor`, with the generation of
+    /// that change: only their own objects from before it are stale, so a copy-up does
+    /// not send every other node and cached fd back to a fresh lookup.
+    changed_dirs: dashmap::DashMap<PathBuf, u64>,
     born: u64,
 }
+
+/// Past this many directories changed one by one, a change makes everything stale
+/// (which empties the record).
+const MAX_CHANGED_DIRS: usize = 4096;
 
 impl Stack {
     /// Builds a stack, resolving `FormatChoice::Auto` against the top rw branch.
@@ -171,6 +180,8 @@ impl Stack {
             format,
             devs,
             layers_gen: std::sync::atomic::AtomicU64::new(born),
+            floor: std::sync::atomic::AtomicU64::new(born),
+            changed_dirs: dashmap::DashMap::new(),
             born,
         }
     }
@@ -187,9 +198,38 @@ impl Stack {
     }
 
     /// Directory layers changed somewhere: objects found before must be looked up again.
+    /// Called once the change is made, so that a lookup that may have seen the old state
+    /// is older than the change.
     pub fn bump_layers(&self) {
-        self.layers_gen
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        use std::sync::atomic::Ordering::AcqRel;
+        let g = self.layers_gen.fetch_add(1, AcqRel) + 1;
+        self.floor.fetch_max(g, AcqRel);
+        self.changed_dirs.clear();
+    }
+
+    /// The directory `path` gained a layer (it was copied up): its objects found before
+    /// are stale, no others.
+    pub(crate) fn bump_dir(&self, path: &Path) {
+        if self.changed_dirs.len() >= MAX_CHANGED_DIRS {
+            return self.bump_layers();
+        }
+        let g = self
+            .layers_gen
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        self.changed_dirs.insert(path.to_path_buf(), g);
+    }
+
+    /// Whether what was found at `path` at generation `gen` still holds.
+    pub fn is_current(&self, gen: u64, path: &Path) -> bool {
+        gen >= self.floor.load(std::sync::atomic::Ordering::Acquire)
+            && (self.changed_dirs.is_empty()
+                || self.changed_dirs.get(path).is_none_or(|t| gen >= *t))
+    }
+
+    /// The generation below which everything is stale (see [`Stack::is_current`]).
+    pub fn floor(&self) -> u64 {
+        self.floor.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn branch(&self, i: u16) -> &Branch {
@@ -307,10 +347,13 @@ pub struct Union {
     /// Mount-time rules.
     pub config: Config,
     locks: Vec<Mutex<()>>,
-    /// Merged directories' link counts, valid while no directory was created, removed
-    /// or renamed (`dir_epoch`) and the layers did not change.
+    /// Merged directories' link counts: (stack floor, `dir_epoch`, count), kept exact
+    /// by mkdir and rmdir in the directory, dropped by a directory rename anywhere
+    /// (`dir_epoch`) or a stack-wide change (the floor).
     nlink_cache: dashmap::DashMap<PathBuf, (u64, u64, u64)>,
     dir_epoch: std::sync::atomic::AtomicU64,
+    /// Bumped by each mkdir and rmdir, so that a count taken meanwhile is not kept.
+    subdir_changes: std::sync::atomic::AtomicU64,
     /// Operations hold it shared; a stack change holds it exclusively, so each change
     /// is atomic with respect to in-flight operations.
     gate: RwLock<()>,
@@ -344,6 +387,7 @@ impl Union {
             stats: Stats::default(),
             nlink_cache: dashmap::DashMap::new(),
             dir_epoch: std::sync::atomic::AtomicU64::new(0),
+            subdir_changes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
+use std::path::Path;
 
 use super::error::{IoContext, Result};
 use super::lookup::is_hidden_name;
@@ -103,22 +104,34 @@ impl Union {
     /// The link count a merged directory reports: 2 plus its visible subdirectories.
     /// (A directory on one branch reports its own.)
     pub fn dir_nlink(&self, dir: &Obj) -> Result<u64> {
+        use std::sync::atomic::Ordering::Acquire;
         let stack = self.stack();
-        let key = (
-            stack.layers_gen(),
-            self.dir_epoch.load(std::sync::atomic::Ordering::Acquire),
-        );
+        let key = (stack.floor(), self.dir_epoch.load(Acquire));
         if let Some(c) = self.nlink_cache.get(&dir.path) {
             if (c.0, c.1) == key {
                 return Ok(c.2);
             }
         }
+        let changes = self.subdir_changes.load(Acquire);
         let n = self.count_dir_nlink(&stack, dir)?;
-        if self.nlink_cache.len() > 65536 {
-            self.nlink_cache.clear();
+        // A directory made or removed while counting may be missing from the count.
+        if self.subdir_changes.load(Acquire) == changes {
+            if self.nlink_cache.len() > 65536 {
+                self.nlink_cache.clear();
+            }
+            self.nlink_cache.insert(dir.path.clone(), (key.0, key.1, n));
         }
-        self.nlink_cache.insert(dir.path.clone(), (key.0, key.1, n));
         Ok(n)
+    }
+
+    /// A subdirectory was made (`+1`) or removed (`-1`) in the directory `parent`:
+    /// its cached link count follows, without a recount.
+    pub(crate) fn subdirs_changed(&self, parent: &Path, delta: i64) {
+        self.subdir_changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if let Some(mut c) = self.nlink_cache.get_mut(parent) {
+            c.2 = c.2.saturating_add_signed(delta).max(2);
+        }
     }
 
     fn count_dir_nlink(&self, stack: &super::Stack, dir: &Obj) -> Result<u64> {
@@ -150,6 +163,41 @@ fn is_wh_entry(stack: &super::Stack, name: &OsStr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
+
+    #[test]
+    fn merged_link_counts_follow_mkdir_and_rmdir_without_a_recount() {
+        use crate::core::create::NewKind;
+        for fmt in formats() {
+            let t = Tree::new(&["rw", "ro"]);
+            t.dir("rw", "d");
+            t.dir("ro", "d");
+            t.dir("ro", "d/low1");
+            t.dir("ro", "d/low2");
+            t.dir("rw", "d/up");
+            let u = t.union(fmt);
+            let d = lookup_path(&u, "d");
+            assert_eq!(u.dir_nlink(&d).unwrap(), 5, "{fmt:?}");
+            u.create(&d, os("new"), 0o755, NewKind::Dir, caller())
+                .unwrap();
+            u.rmdir(&lookup_path(&u, "d"), os("low1")).unwrap();
+            u.rmdir(&lookup_path(&u, "d"), os("up")).unwrap();
+            u.create(
+                &d,
+                os("file"),
+                0o644,
+                NewKind::File {
+                    flags: libc::O_WRONLY,
+                },
+                caller(),
+            )
+            .unwrap();
+            let d = lookup_path(&u, "d");
+            // What a fresh union counts: low2 and new.
+            assert_eq!(t.union(fmt).dir_nlink(&d).unwrap(), 4, "{fmt:?}");
+            assert_eq!(u.dir_nlink(&d).unwrap(), 4, "{fmt:?}: kept exact");
+            assert!(u.nlink_cache.contains_key(&d.path), "not dropped");
+        }
+    }
 
     #[test]
     fn merged_listing_shows_each_name_once_without_whiteouts() {

@@ -172,7 +172,11 @@ impl Union {
         let format = stack.format;
         let stack = self.stack();
         if let Some(left) = lookup_in(&stack, parent, name)? {
-            self.hide_name(&stack, parent, name, &left, "rename", false)?;
+            let dir = self.dir_cursor_on(
+                parent,
+                std::sync::Arc::new(super::DirFds::new(&stack, parent)),
+            );
+            self.hide_name(&dir, name, &left, "rename", false)?;
         }
         // Markers inside a moved merged tree hide nothing any more (the tree is opaque or
         // has nothing below it); dropping them only makes the upper equal kernel

@@ -134,7 +134,13 @@ impl fuser::Filesystem for UnionFs {
         let r = (|| {
             let node = self.node(ino)?;
             let obj = self.current(&node)?;
-            let st = match self.union.stat(&obj) {
+            let st = if obj.is_dir() {
+                // On the directory's cached branch fds: one fstat.
+                self.cursor(&obj).stat_dir()
+            } else {
+                self.union.stat(&obj)
+            };
+            let st = match st {
                 Ok(st) => st,
                 Err(e) if e.errno() == libc::ENOENT => {
                     match fh.and_then(|fh| self.fd_for(fh, false).ok()) {
@@ -242,11 +248,11 @@ impl fuser::Filesystem for UnionFs {
         let r = (|| {
             let p = self.node(parent)?;
             let pobj = self.current(&p)?;
-            let victim = self.union.lookup(&pobj, name).ok().map(|o| o.ino);
-            self.union.unlink(&pobj, name).map_err(err)?;
-            if let Some(ino) = victim {
-                self.after_remove(ino, &pobj.path.join(name));
-            }
+            let gone = self
+                .union
+                .unlink_in(&self.cursor(&pobj), name)
+                .map_err(err)?;
+            self.after_remove(gone.ino, &pobj.path.join(name));
             Ok(())
         })();
         match r {
@@ -259,7 +265,12 @@ impl fuser::Filesystem for UnionFs {
         let _gate = self.union.op_guard();
         let r = (|| {
             let p = self.node(parent)?;
-            self.union.rmdir(&self.current(&p)?, name).map_err(err)?;
+            let pobj = self.current(&p)?;
+            let gone = self
+                .union
+                .rmdir_in(&self.cursor(&pobj), name)
+                .map_err(err)?;
+            self.dir_fds.forget(gone.ino);
             Ok(())
         })();
         match r {

@@ -157,7 +157,7 @@ impl UnionFs {
     /// (a parent copied up by a change below it, a rename).
     pub(super) fn current(&self, node: &Node) -> Res<Obj> {
         let obj = node.obj();
-        if obj.gen == self.union.stack().layers_gen() {
+        if self.union.stack().is_current(obj.gen, &obj.path) {
             return Ok(obj);
         }
         // A name that is gone (an open, unlinked file) keeps its last state.
