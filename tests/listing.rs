@@ -218,3 +218,57 @@ fn a_directory_moved_out_of_a_branch_is_noticed_after_the_entry_timeout_or_a_ref
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{timeout}: {e}");
     }
 }
+
+fn nodes_held(mnt: &Path) -> u64 {
+    let out = ctl(mnt, &["stats", "--json"]).ok();
+    let s: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    s["nodes"].as_u64().unwrap()
+}
+
+/// Walks `dir` by the listings' d_type alone (as find does), returning (dirs, files).
+fn walk_by_d_type(dir: &Path, out: &mut (Vec<std::path::PathBuf>, Vec<fs::DirEntry>)) {
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.0.push(e.path());
+            walk_by_d_type(&e.path(), out);
+        } else {
+            out.1.push(e);
+        }
+    }
+}
+
+#[test]
+fn a_tree_walk_that_stats_no_file_makes_no_inode_for_one_and_numbers_still_match() {
+    let Some(fx) = mount_with(&[]) else { return };
+    for d in 0..20 {
+        fs::create_dir_all(fx.low.join(format!("t/d{d}/sub"))).unwrap();
+        for f in 0..30 {
+            fs::write(fx.low.join(format!("t/d{d}/f{f}")), "x").unwrap();
+            fs::write(fx.low.join(format!("t/d{d}/sub/g{f}")), "y").unwrap();
+        }
+    }
+    let before = nodes_held(&fx.mnt);
+    let mut found = (Vec::new(), Vec::new());
+    walk_by_d_type(&fx.mnt.join("t"), &mut found);
+    assert_eq!((found.0.len(), found.1.len()), (40, 1200));
+    let after_walk = nodes_held(&fx.mnt);
+    // The directories (and "t") became inodes; the 1,200 files did not.
+    assert!(
+        after_walk - before <= 41 + 5,
+        "{} inodes for a walk of 41 directories",
+        after_walk - before
+    );
+    // The numbers the listings gave are the ones stat gives.
+    for e in &found.1 {
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        assert_eq!(
+            std::os::unix::fs::DirEntryExt::ino(e),
+            m.ino(),
+            "{:?}",
+            e.path()
+        );
+        assert!(m.is_file());
+    }
+    assert!(nodes_held(&fx.mnt) >= after_walk + 1200);
+}

@@ -229,10 +229,18 @@ pub struct Branch {
     pub(crate) fd: std::sync::Arc<OwnedFd>,
     /// The backing filesystem's device number.
     pub dev: u64,
+    /// Whether the backing filesystem's `d_ino` is the `st_ino` stat reports (local
+    /// disk filesystems; not overlayfs, FUSE or network ones), so that a listing alone
+    /// tells an entry's number.
+    pub(crate) dino_is_ino: bool,
     pub(crate) work: Option<std::sync::Arc<WorkDir>>,
     /// Unique for the life of the process: names the branch across stack changes.
     pub id: u64,
 }
+
+/// Filesystems (`f_type`) whose getdents `d_ino` is the inode's `st_ino`: ext2/3/4,
+/// xfs, btrfs, tmpfs.
+const DINO_IS_INO: [i64; 4] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994];
 
 static NEXT_BRANCH_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -255,11 +263,13 @@ impl Branch {
         // SAFETY: fresh fd.
         let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let st = sys::fstat(fd.as_fd())?;
+        let dino_is_ino = sys::fstatfs_type(fd.as_fd()).is_ok_and(|t| DINO_IS_INO.contains(&t));
         Ok(Branch {
             path: path.to_path_buf(),
             mode,
             fd: std::sync::Arc::new(fd),
             dev: st.st_dev,
+            dino_is_ino,
             work: None,
             id: NEXT_BRANCH_ID.fetch_add(1, Ordering::Relaxed),
         })

@@ -21,6 +21,9 @@ pub struct DirEntry {
     pub d_type: u8,
     /// The branch it comes from.
     pub branch: u16,
+    /// Its union inode number where the listing alone tells it: a non-directory of a
+    /// read-only branch whose `d_ino` is `st_ino` (a lookup would find the same).
+    pub ino: Option<u64>,
 }
 
 impl Union {
@@ -56,6 +59,11 @@ impl Union {
                 Err(e) => return Err(e).ctx("readdir", &dir.path),
             };
             let entries = sys::read_dir_fd(&fd).ctx("readdir", &dir.path)?;
+            let branch = stack.branch(b);
+            // (A directory mounted over inside the branch is another filesystem.)
+            let numbers_known = !branch.is_rw()
+                && branch.dino_is_ino
+                && sys::fstat(fd.as_fd()).is_ok_and(|st| st.st_dev == branch.dev);
             // Whiteouts of this branch hide lower names only, so apply them afterwards.
             let mut hidden_here = Vec::new();
             for e in entries {
@@ -82,10 +90,14 @@ impl Union {
                     EntryMeaning::Whiteout(n) => hidden_here.push(n),
                     EntryMeaning::Real => {
                         if seen.insert(e.name.clone()) {
+                            let ino = (numbers_known
+                                && !matches!(e.d_type, libc::DT_DIR | libc::DT_UNKNOWN))
+                            .then(|| stack.map_ino(branch.dev, e.d_ino));
                             out.push(DirEntry {
                                 name: e.name,
                                 d_type: e.d_type,
                                 branch: b,
+                                ino,
                             });
                         }
                     }

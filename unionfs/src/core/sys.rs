@@ -549,6 +549,15 @@ pub(crate) fn listxattr(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<OsS
 pub(crate) struct RawDirEntry {
     pub(crate) name: OsString,
     pub(crate) d_type: u8,
+    pub(crate) d_ino: u64,
+}
+
+/// The filesystem type (`f_type`) of the filesystem holding `fd`.
+pub(crate) fn fstatfs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    // SAFETY: statfs is plain old data, filled by the kernel.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.f_type as i64)
 }
 
 pub(crate) fn read_dir_fd(fd: &OwnedFd) -> io::Result<Vec<RawDirEntry>> {
@@ -573,6 +582,7 @@ pub(crate) fn read_dir_fd(fd: &OwnedFd) -> io::Result<Vec<RawDirEntry>> {
         while pos < n as usize {
             // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
             let rec = &buf[pos..];
+            let d_ino = u64::from_ne_bytes(rec[0..8].try_into().expect("8 bytes"));
             let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
             let d_type = rec[18];
             let name_bytes = &rec[19..reclen];
@@ -583,6 +593,7 @@ pub(crate) fn read_dir_fd(fd: &OwnedFd) -> io::Result<Vec<RawDirEntry>> {
                 out.push(RawDirEntry {
                     name: OsString::from_vec(name.to_vec()),
                     d_type,
+                    d_ino,
                 });
             }
             pos += reclen;

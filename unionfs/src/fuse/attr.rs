@@ -49,6 +49,12 @@ pub(crate) fn file_type(mode: u32) -> FileType {
     }
 }
 
+/// The FUSE file type of a known `DT_*` directory entry type.
+pub(crate) fn file_type_of_dtype(d_type: u8) -> FileType {
+    // DT_* is the S_IFMT value shifted right by 12.
+    file_type(u32::from(d_type) << 12)
+}
+
 /// Attributes for `obj` from the stat `st` of its top instance; `nlink` overrides the
 /// link count (merged directories).
 pub(crate) fn to_attr(obj: &Obj, st: &Stat, nlink: Option<u64>) -> FileAttr {

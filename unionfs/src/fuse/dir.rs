@@ -5,15 +5,54 @@
 //! that scan took (or take one again if it is gone: cookies keep their place). The call
 //! that returns the last entry drops it, so the kernel's final call, at `END`, costs
 //! nothing.
+//!
+//! READDIRPLUS gives directories their attributes, files only when they get looked up
+//! one by one: in a directory where that happened, or anywhere lately (a du, grep or
+//! `ls -l` going on). An entry without attributes costs the kernel no inode, and the
+//! daemon no lookup where the listing tells its number.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{Errno, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
 
 use super::listing::{Listing, AFTER_DOT, AFTER_DOTDOT, END};
 use super::{attr, err, Res, UnionFs};
 use crate::core::Obj;
+
+/// When files were last looked up one by one (see the module comment).
+pub(super) struct FileLookups {
+    start: Instant,
+    /// Milliseconds since `start`, plus one (0: never).
+    last: AtomicU64,
+}
+
+/// For how long after a file lookup listings carry every entry's attributes.
+const FILE_LOOKUPS_LINGER: Duration = Duration::from_secs(1);
+
+impl FileLookups {
+    pub(super) fn new() -> FileLookups {
+        FileLookups {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64 + 1
+    }
+
+    /// A file was looked up.
+    pub(super) fn note(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn lately(&self) -> bool {
+        let last = self.last.load(Ordering::Relaxed);
+        last != 0 && self.now() - last < FILE_LOOKUPS_LINGER.as_millis() as u64
+    }
+}
 
 impl UnionFs {
     pub(super) fn do_opendir(&self, ino: INodeNo, reply: fuser::ReplyOpen) {
@@ -74,16 +113,15 @@ impl UnionFs {
         }
         let mut cursor = self.cursor(&obj);
         for (next, e) in list.after(offset) {
-            // d_ino must equal st_ino: ask the union for the entry's number.
-            let Ok(child) = cursor.lookup(&e.name) else {
-                continue;
+            // d_ino must equal st_ino: the listing's number, or the union's.
+            let (ino, kind) = match e.ino {
+                Some(ino) => (ino, attr::file_type_of_dtype(e.d_type)),
+                None => match cursor.lookup(&e.name) {
+                    Ok(child) => (child.ino, attr::file_type(child.st.st_mode)),
+                    Err(_) => continue,
+                },
             };
-            if reply.add(
-                INodeNo(child.ino),
-                next,
-                attr::file_type(child.st.st_mode),
-                &e.name,
-            ) {
+            if reply.add(INodeNo(ino), next, kind, &e.name) {
                 return reply.ok();
             }
         }
@@ -127,7 +165,20 @@ impl UnionFs {
             }
         }
         let mut cursor = self.cursor(&obj);
+        // Files go without attributes (no lookup here, no inode in the kernel) unless
+        // they get looked up one by one in this part of the tree (`ls -l`, du, grep):
+        // a scan that only walks the tree (find) then costs one request per directory.
+        let node = self.nodes.get(obj.ino);
+        let with_attrs =
+            node.as_ref().is_some_and(|n| n.files_looked_up()) || self.file_lookups.lately();
         for (next, e) in list.after(offset) {
+            if let (false, Some(ino)) = (with_attrs, e.ino) {
+                let kind = attr::file_type_of_dtype(e.d_type);
+                if reply.add_name_only(INodeNo(ino), next, &e.name, kind) {
+                    return reply.ok();
+                }
+                continue;
+            }
             let Ok(child) = cursor.lookup(&e.name) else {
                 continue;
             };
@@ -146,7 +197,11 @@ impl UnionFs {
                 return reply.ok();
             }
             // The kernel now holds a reference to this entry.
-            self.nodes.remember(child);
+            let is_dir = child.is_dir();
+            let n = self.nodes.remember(child);
+            if with_attrs && is_dir {
+                n.set_files_looked_up();
+            }
         }
         self.listing_done(ino, &list);
         reply.ok();

@@ -74,6 +74,7 @@ mod tests {
                     name: OsString::from(n),
                     d_type: libc::DT_REG,
                     branch: 0,
+                    ino: None,
                 })
                 .collect(),
         )

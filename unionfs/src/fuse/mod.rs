@@ -48,6 +48,7 @@ pub struct UnionFs {
     listings: dashmap::DashMap<u64, Arc<listing::Listing>>,
     /// Branch directory fds of the directories looked in lately.
     dir_fds: Arc<dirfds::DirFdCache>,
+    file_lookups: dir::FileLookups,
     ttl: Ttls,
     passthrough: Arc<passthrough::PassthroughTable<fuser::BackingId>>,
 }
@@ -107,9 +108,16 @@ impl fuser::Filesystem for UnionFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _gate = self.union.op_guard();
-        let r = self
-            .node(parent)
-            .and_then(|p| self.do_lookup(&self.current(&p)?, name));
+        let r = self.node(parent).and_then(|p| {
+            let a = self.do_lookup(&self.current(&p)?, name)?;
+            if a.kind != fuser::FileType::Directory {
+                // Someone stats or opens the files here one by one: list them with
+                // their attributes from now on (see dir.rs).
+                p.set_files_looked_up();
+                self.file_lookups.note();
+            }
+            Ok(a)
+        });
         self.reply_entry(reply, r);
     }
 

@@ -6,7 +6,7 @@
 //! so that removing one name leaves the others reachable.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -18,6 +18,10 @@ use crate::core::Obj;
 pub(crate) struct Node {
     pub(crate) state: RwLock<NodeState>,
     lookups: AtomicU64,
+    /// A directory whose files get looked up one by one (stat, open): its listings,
+    /// and those of directories found through them, carry every entry's attributes.
+    /// Otherwise only directories carry them (see `dir.rs`).
+    files_looked_up: AtomicBool,
 }
 
 /// What a node remembers of its object: enough to name it to the core, no more (a
@@ -70,6 +74,17 @@ impl SlimObj {
 }
 
 impl Node {
+    /// See `files_looked_up`.
+    pub(crate) fn files_looked_up(&self) -> bool {
+        self.files_looked_up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_files_looked_up(&self) {
+        if !self.files_looked_up() {
+            self.files_looked_up.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// The object, with only `st_mode` of its stat filled in (attributes are read fresh).
     pub(crate) fn obj(&self) -> Obj {
         self.state.read().obj.to_obj()
@@ -128,6 +143,7 @@ impl NodeTable {
                     aliases: Vec::new(),
                 }),
                 lookups: AtomicU64::new(1),
+                files_looked_up: AtomicBool::new(false),
             }),
         );
         NodeTable { map }
@@ -149,6 +165,7 @@ impl NodeTable {
                         aliases: Vec::new(),
                     }),
                     lookups: AtomicU64::new(0),
+                    files_looked_up: AtomicBool::new(false),
                 })
             });
             entry.lookups.fetch_add(1, Ordering::Relaxed);

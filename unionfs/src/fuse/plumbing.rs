@@ -28,6 +28,7 @@ impl UnionFs {
             nodes: Arc::new(NodeTable::new(root)),
             handles: Arc::new(HandleTable::new()),
             listings: dashmap::DashMap::new(),
+            file_lookups: super::dir::FileLookups::new(),
             dir_fds: Arc::new(super::dirfds::DirFdCache::new(ttl.entry)),
             ttl,
             passthrough: Arc::new(PassthroughTable::new(PassthroughMode::Auto)),

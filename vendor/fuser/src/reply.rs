@@ -797,6 +797,20 @@ impl ReplyDirectoryPlus {
         ))
     }
 
+    /// Add an entry without attributes: the kernel lists it (with `ino` and `kind`) but
+    /// makes no inode for it, so this takes no lookup reference. Returns true if the
+    /// buffer is full.
+    pub fn add_name_only<T: AsRef<OsStr>>(
+        &mut self,
+        ino: INodeNo,
+        offset: u64,
+        name: T,
+        kind: FileType,
+    ) -> bool {
+        let typ = ll::reply::mode_from_kind_and_perm(kind, 0) >> 12;
+        self.buf.push_name_only(ino.0, offset, name.as_ref(), typ)
+    }
+
     /// Reply to a request with the filled directory buffer
     pub fn ok(self) {
         let response: ll::ResponseData = self.buf.into();

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use smallvec::SmallVec;
 use zerocopy::Immutable;
 use zerocopy::IntoBytes;
+use zerocopy::FromZeros;
 
 use crate::FileType;
 use crate::PollEvents;
@@ -531,6 +532,23 @@ impl DirEntPlusList {
                 off: x.offset.0,
                 namelen: name.len().try_into().expect("Name too long"),
                 typ: x.attr.attr.mode >> 12,
+            },
+        };
+        self.0.push([header.as_bytes(), name])
+    }
+
+    /// Adds an entry without attributes (node id 0): the kernel lists it but makes no
+    /// inode for it; a later access looks it up. `typ` is the `S_IFMT` type bits >> 12.
+    #[must_use]
+    pub(crate) fn push_name_only(&mut self, ino: u64, offset: u64, name: &std::ffi::OsStr, typ: u32) -> bool {
+        let name = name.as_bytes();
+        let header = abi::fuse_direntplus {
+            entry_out: abi::fuse_entry_out::new_zeroed(),
+            dirent: abi::fuse_dirent {
+                ino,
+                off: offset,
+                namelen: name.len().try_into().expect("Name too long"),
+                typ,
             },
         };
         self.0.push([header.as_bytes(), name])
