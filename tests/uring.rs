@@ -139,34 +139,57 @@ fn a_daemon_killed_with_requests_on_the_ring_leaves_a_clean_unmountable_mount() 
     let (up, low, mnt) = (t.mkdir("up"), t.mkdir("low"), t.mkdir("mnt"));
     let chunk: Vec<u8> = (0..(2 << 20)).map(|i| (i % 251) as u8).collect();
     for i in 0..24 {
-        fs::write(low.join(format!("big{i}")), &chunk).unwrap();
+        let p = low.join(format!("big{i}"));
+        fs::write(&p, &chunk).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
     }
     let mut cmd = Command::new(unionfs_bin());
-    cmd.args(["-f", "-o", "uring=on"])
+    cmd.args(["-f", "-o", "uring=on,cow"])
         .arg(format!("{}=rw:{}=ro", up.display(), low.display()))
         .arg(&mnt);
     let mut g = MountGuard::foreground(cmd, &mnt, Duration::from_secs(15));
-    // Copy-ups (chmod of lower files) from two threads, while the daemon is killed.
+    fs::metadata(mnt.join("big0")).unwrap();
+    assert!(uring_requests(&mnt) > 0, "the ring serves this mount");
+    let copied = |up: &Path| {
+        (0..24)
+            .filter(|i| up.join(format!("big{i}")).exists())
+            .count()
+    };
+    // Copy-ups (chmod of lower files) from two threads, while the daemon is killed. A
+    // worker that sees an error stops and says so: its request was cut off by the kill.
     let workers: Vec<_> = (0..2)
         .map(|w| {
             let mnt = mnt.clone();
             std::thread::spawn(move || {
                 for i in (w..24).step_by(2) {
                     let p = mnt.join(format!("big{i}"));
-                    if fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).is_err() {
-                        return;
+                    if let Err(e) = fs::set_permissions(&p, fs::Permissions::from_mode(0o600)) {
+                        return Some(e);
                     }
                 }
+                None
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(40));
+    // Kill once the ring has served requests and the first copy-up is in the upper, so
+    // the others are in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while copied(&up) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no copy-up in 10 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let pid = g.child().unwrap().id() as i32;
     // SAFETY: killing the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    for w in workers {
-        w.join().unwrap();
-    }
+    let before = copied(&up);
+    let errors: Vec<_> = workers
+        .into_iter()
+        .filter_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        before < 24 && !errors.is_empty(),
+        "the kill came after the work: {before} copy-ups done, errors {errors:?}"
+    );
     assert!(
         g.wait_child(Duration::from_secs(10)).is_some(),
         "the daemon is gone"
@@ -175,13 +198,41 @@ fn a_daemon_killed_with_requests_on_the_ring_leaves_a_clean_unmountable_mount() 
     assert!(out.success(), "fusermount3 -u after the kill: {out}");
     assert!(!is_mounted(&mnt), "the mount is gone");
     g.forget();
-    // Every copy-up in the upper is whole: the file is there entirely or not at all.
-    for i in 0..24 {
-        let p = up.join(format!("big{i}"));
-        if p.exists() {
-            assert_eq!(fs::read(&p).unwrap(), chunk, "{} is partial", p.display());
+    // Every copy-up in the upper is whole: the file is there entirely or not at all, and
+    // nothing else is there but the meta and work directories.
+    for e in fs::read_dir(&up).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name == ".unionfs-fuse" || name == ".unionfs-work" {
+            continue;
         }
+        let i: usize = name
+            .strip_prefix("big")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in the upper after the kill"));
+        let p = up.join(&name);
+        assert_eq!(fs::read(&p).unwrap(), chunk, "{} is partial", p.display());
+        assert!(i < 24);
     }
+    // The branches are fit for a new mount, which sees the finished copy-ups.
+    let mut cmd = Command::new(unionfs_bin());
+    cmd.args(["-o", "uring=on,cow"])
+        .arg(format!("{}=rw:{}=ro", up.display(), low.display()))
+        .arg(&mnt);
+    let _again = MountGuard::run(cmd, &mnt);
+    // A chmod the kill cut off may leave a whole copy with the old mode, never a new
+    // mode without a copy.
+    for i in 0..24 {
+        let name = format!("big{i}");
+        let mode = fs::metadata(mnt.join(&name)).unwrap().permissions().mode() & 0o777;
+        assert!(
+            mode == 0o644 || (mode == 0o600 && up.join(&name).exists()),
+            "{name}: mode {mode:o}"
+        );
+        assert_eq!(fs::read(mnt.join(&name)).unwrap(), chunk, "{name} through the mount");
+    }
+    let tmp = up.join(".unionfs-fuse/.unionfs-work/tmp");
+    let left: Vec<_> = fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "the cut-off copies are swept: {left:?}");
 }
 
 #[test]
