@@ -351,11 +351,14 @@ impl WhiteoutFormat {
                     return false;
                 }
                 let _ = sys::unlinkat(dir, name, false);
-                let d = OsStr::new("#probe.d");
-                let _ = sys::unlinkat(dir, d, true);
-                let ok = sys::mkdirat(dir, d, 0o700).is_ok() && self.set_opaque(dir, d).is_ok();
-                let _ = sys::unlinkat(dir, d, true);
-                ok
+                // The opaque xattr on `dir` itself, not on a directory made for it: an
+                // rmdir on ext4 mounted with `discard` waits for the device. A marker
+                // `dir` already has (EEXIST) says as much, and stays.
+                let (here, attr) = (OsStr::new(""), OsStr::new(self.opaque_xattr()));
+                match sys::setxattr(dir, here, attr, b"y", libc::XATTR_CREATE) {
+                    Ok(()) => sys::removexattr(dir, here, attr).is_ok(),
+                    Err(e) => e.raw_os_error() == Some(libc::EEXIST),
+                }
             }
             WhiteoutFormat::Wh | WhiteoutFormat::Meta => true,
         };
@@ -498,6 +501,29 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn the_probe_leaves_the_directory_as_it_was() {
+        let (d, fd) = tmp();
+        let f = WhiteoutFormat::Overlay {
+            user_xattr: sys::geteuid() != 0,
+        };
+        let here = OsStr::new("");
+        if !f.probe(fd.as_fd()) {
+            eprintln!("skipped: this user cannot create 0/0 devices or overlay xattrs here");
+            return;
+        }
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "no entry left"
+        );
+        assert!(!f.is_opaque(fd.as_fd(), here).unwrap(), "no marker left");
+        // A directory that is opaque already stays so.
+        sys::setxattr(fd.as_fd(), here, OsStr::new(f.opaque_xattr()), b"y", 0).unwrap();
+        assert!(f.probe(fd.as_fd()));
+        assert!(f.is_opaque(fd.as_fd(), here).unwrap(), "its marker stays");
     }
 
     #[test]

@@ -283,9 +283,31 @@ impl<FS: Filesystem> Session<FS> {
 
         let mut filesystem = Arc::new(filesystem);
 
-        let mut channels = Vec::with_capacity(n_threads);
+        // The io_uring workers first: when they serve, the classic loops only see FORGET,
+        // INTERRUPT and what came before the ring was ready, so one loop is enough. Each
+        // thread costs time at mount and again at unmount.
+        let uring = match uring {
+            Some(UringState::Started(w)) => Some(w),
+            Some(UringState::Negotiated(params)) => {
+                match crate::uring::Workers::start(&ch, params, n_threads) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        warn!("FUSE over io_uring unavailable ({e}); using /dev/fuse");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let n_classic_minus_one = if uring.is_some() {
+            0
+        } else {
+            n_threads_minus_one
+        };
 
-        for _ in 0..n_threads_minus_one {
+        let mut channels = Vec::with_capacity(n_classic_minus_one + 1);
+
+        for _ in 0..n_classic_minus_one {
             if config.clone_fd {
                 #[cfg(target_os = "linux")]
                 {
@@ -303,7 +325,7 @@ impl<FS: Filesystem> Session<FS> {
         let ch_for_uring = ch.clone();
         channels.push(ch);
 
-        let mut threads = Vec::with_capacity(n_threads);
+        let mut threads = Vec::with_capacity(channels.len());
 
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -321,21 +343,6 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
-        // The io_uring workers, beside the classic loops (FORGET and INTERRUPT still come
-        // through /dev/fuse).
-        let uring = match uring {
-            Some(UringState::Started(w)) => Some(w),
-            Some(UringState::Negotiated(params)) => {
-                match crate::uring::Workers::start(&ch_for_uring, params, n_threads) {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        warn!("FUSE over io_uring unavailable ({e}); using /dev/fuse");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
         let uring_required = uring.as_ref().is_some_and(|u| u.required);
         let ring_threads = match uring {
             Some(u) => u.serve(|i| {

@@ -230,8 +230,26 @@ impl Worker {
             op_in: [0; OP_IN_SZ],
             ent: EntInOut::default(),
         })) as *mut Header;
-        let payload: &mut [u8] =
-            Box::leak(vec![0u8; payload.max(MIN_PAYLOAD)].into_boxed_slice());
+        // Mapped, not allocated: pages the kernel never writes cost nothing, where calloc
+        // in a new thread's arena clears all of it (8 MiB per mount for 8 workers). Never
+        // unmapped, as the boxes here are never freed: the kernel may write into an entry
+        // until the ring is torn down.
+        let len = payload.max(MIN_PAYLOAD);
+        // SAFETY: a fresh private anonymous mapping, owned by this worker alone.
+        let payload: &mut [u8] = unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            std::slice::from_raw_parts_mut(p.cast::<u8>(), len)
+        };
         let iov = Box::leak(Box::new([
             libc::iovec {
                 iov_base: header.cast(),
