@@ -228,7 +228,11 @@ fn a_daemon_killed_with_requests_on_the_ring_leaves_a_clean_unmountable_mount() 
             mode == 0o644 || (mode == 0o600 && up.join(&name).exists()),
             "{name}: mode {mode:o}"
         );
-        assert_eq!(fs::read(mnt.join(&name)).unwrap(), chunk, "{name} through the mount");
+        assert_eq!(
+            fs::read(mnt.join(&name)).unwrap(),
+            chunk,
+            "{name} through the mount"
+        );
     }
     let tmp = up.join(".unionfs-fuse/.unionfs-work/tmp");
     let left: Vec<_> = fs::read_dir(&tmp).unwrap().collect();

@@ -8,6 +8,7 @@ pub mod attr;
 mod control;
 mod dir;
 mod dirfds;
+mod files;
 mod handles;
 mod listing;
 mod nodes;
@@ -18,22 +19,22 @@ pub use control::Control;
 pub use passthrough::PassthroughMode;
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::core::create::NewKind;
 use crate::core::setattr::SetAttr;
-use crate::core::{Caller, CoreError, Obj, Union};
+use crate::core::{Caller, CoreError, Union};
 
 pub use attr::Ttls;
 use handles::HandleTable;
@@ -372,43 +373,8 @@ impl fuser::Filesystem for UnionFs {
         self.reply_entry(reply, r);
     }
 
-    /// Opens keep the kernel's page cache (FOPEN_KEEP_CACHE): every change to a file's
-    /// data goes through this mount (the kernel sees it) or through a stack change
-    /// (which invalidates), as on a local filesystem.
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _gate = self.union.op_guard();
-        let r = (|| {
-            let node = self.node(ino)?;
-            let obj = self.current(&node)?;
-            let writes =
-                flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-            if writes {
-                self.passthrough_allows_write(ino.0, &obj)?;
-            }
-            let (fd, moved) = self.union.open(&obj, flags.0).map_err(err)?;
-            if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
-                // With atomic O_TRUNC the kernel leaves to us what truncation by an
-                // unprivileged caller does on a local filesystem: drop set-uid, and
-                // set-gid on a group-executable file.
-                let _ = attr::kill_suid(&fd);
-            }
-            // The node's number, whatever the object computes now.
-            let now = Obj {
-                ino: ino.0,
-                ..moved.clone().unwrap_or(obj)
-            };
-            if let Some(m) = moved {
-                node.set_obj(m);
-            }
-            self.new_file_handle(&now, fd, flags.0, |fd| reply.open_backing(fd))
-        })();
-        match r {
-            Ok((fh, io)) => match io.backing() {
-                Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, b),
-                None => reply.opened(FileHandle(fh), io.fopen_flags()),
-            },
-            Err(e) => reply.error(e),
-        }
+        self.do_open(req, ino, flags, reply);
     }
 
     fn read(
@@ -422,29 +388,7 @@ impl fuser::Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.union
-            .stats
-            .data_requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let r = (|| {
-            let fd = self.fd_for(fh, false)?;
-            let mut buf = vec![0u8; size as usize];
-            let mut got = 0usize;
-            while got < buf.len() {
-                let n = crate::core::sys_pread(fd.as_fd(), &mut buf[got..], offset + got as u64)
-                    .map_err(io_err)?;
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
-            buf.truncate(got);
-            Ok(buf)
-        })();
-        match r {
-            Ok(b) => reply.data(&b),
-            Err(e) => reply.error(e),
-        }
+        self.do_read(fh, offset, size, reply);
     }
 
     fn write(
@@ -459,30 +403,7 @@ impl fuser::Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.union
-            .stats
-            .data_requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Held to the end of the write: a stack change waits for it, so a write that
-        // found its branch rw cannot land there after a snapshot copied the file up.
-        let _gate = self.union.op_guard();
-        let r = (|| {
-            let fd = self.fd_for(fh, true)?;
-            let mut done = 0usize;
-            while done < data.len() {
-                let n = crate::core::sys_pwrite(fd.as_fd(), &data[done..], offset + done as u64)
-                    .map_err(io_err)?;
-                if n == 0 {
-                    break;
-                }
-                done += n;
-            }
-            Ok(done as u32)
-        })();
-        match r {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
-        }
+        self.do_write(fh, offset, data, reply);
     }
 
     fn flush(
@@ -525,14 +446,7 @@ impl fuser::Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _gate = self.union.op_guard();
-        match self
-            .fd_for(fh, true)
-            .and_then(|fd| crate::core::sys_fsync(fd.as_fd(), datasync).map_err(io_err))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.do_fsync(fh, datasync, reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -693,39 +607,7 @@ impl fuser::Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _gate = self.union.op_guard();
-        let r = (|| {
-            let (a, fd, obj) = self.make(
-                req,
-                parent,
-                name,
-                mode & !umask & 0o7777,
-                NewKind::File { flags },
-            )?;
-            let fd = fd.ok_or(Errno::EIO)?;
-            let (fh, io) = self.new_file_handle(&obj, fd, flags, |fd| reply.open_backing(fd))?;
-            Ok((a, fh, io))
-        })();
-        match r {
-            Ok((a, fh, io)) => match io.backing() {
-                Some(b) => reply.created_passthrough(
-                    &self.ttl.entry,
-                    &a,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_NOFLUSH,
-                    b,
-                ),
-                None => reply.created(
-                    &self.ttl.entry,
-                    &a,
-                    Generation(0),
-                    FileHandle(fh),
-                    io.fopen_flags(),
-                ),
-            },
-            Err(e) => reply.error(e),
-        }
+        self.do_create(req, parent, name, mode & !umask & 0o7777, flags, reply);
     }
 
     fn fallocate(
@@ -738,26 +620,7 @@ impl fuser::Filesystem for UnionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _gate = self.union.op_guard();
-        let r = self.fd_for(fh, true).and_then(|fd| {
-            let rc = unsafe {
-                libc::fallocate(
-                    fd.as_raw_fd(),
-                    mode,
-                    offset as libc::off_t,
-                    length as libc::off_t,
-                )
-            };
-            if rc < 0 {
-                Err(io_err(std::io::Error::last_os_error()))
-            } else {
-                Ok(())
-            }
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.do_fallocate(fh, offset, length, mode, reply);
     }
 
     fn lseek(
@@ -769,18 +632,7 @@ impl fuser::Filesystem for UnionFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let r = self.fd_for(fh, false).and_then(|fd| {
-            let o = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
-            if o < 0 {
-                Err(io_err(std::io::Error::last_os_error()))
-            } else {
-                Ok(o)
-            }
-        });
-        match r {
-            Ok(o) => reply.offset(o),
-            Err(e) => reply.error(e),
-        }
+        self.do_lseek(fh, offset, whence, reply);
     }
 
     fn copy_file_range(
@@ -796,25 +648,6 @@ impl fuser::Filesystem for UnionFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _gate = self.union.op_guard();
-        let r = (|| {
-            let src = self.fd_for(fh_in, false)?;
-            let dst = self.fd_for(fh_out, true)?;
-            let mut si = offset_in as i64;
-            let mut di = offset_out as i64;
-            let want = len.min(u32::MAX as u64 & !0xfff) as usize;
-            let n = unsafe {
-                libc::copy_file_range(src.as_raw_fd(), &mut si, dst.as_raw_fd(), &mut di, want, 0)
-            };
-            if n < 0 {
-                Err(io_err(std::io::Error::last_os_error()))
-            } else {
-                Ok(n as u32)
-            }
-        })();
-        match r {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
-        }
+        self.do_copy_file_range(fh_in, offset_in, fh_out, offset_out, len, reply);
     }
 }
