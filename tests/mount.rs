@@ -434,3 +434,63 @@ fn sigint_unmounts_cleanly() {
         signal_unmounts(Signal::SIGINT);
     }
 }
+
+/// The daemon's /dev/fuse loops: its threads named `fuser-N`.
+fn request_loops(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| {
+            c.trim()
+                .strip_prefix("fuser-")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count()
+}
+
+#[test]
+fn request_threads_start_as_requests_wait_for_one() {
+    if !require_root() {
+        return;
+    }
+    let u = union();
+    let chunk = vec![7u8; 8 << 20];
+    for i in 0..8 {
+        fs::write(u.lower.join(format!("big{i}")), &chunk).unwrap();
+    }
+    let mut cmd = unionfs_cmd();
+    cmd.args(["-f", "-o", "uring=off"]).args(u.native_args());
+    let mut g = MountGuard::foreground(cmd, &u.mnt, Duration::from_secs(15));
+    let pid = g.child().unwrap().id();
+    // A mount that served a request: one loop did, and one more may wait beside it.
+    // (Requests one after the other can start more: the next may come before the loop
+    // that answered the last one is back to waiting.)
+    fs::metadata(u.mnt.join("a.txt")).unwrap();
+    let idle = request_loops(pid);
+    assert!((1..=2).contains(&idle), "{idle} loops after one request");
+    // Eight copy-ups at once: each holds its loop for a while, and loops start for the
+    // others (at most n_threads: 8 to 16).
+    let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let copies: Vec<_> = (0..8)
+        .map(|i| {
+            let (p, start) = (u.mnt.join(format!("big{i}")), start.clone());
+            std::thread::spawn(move || {
+                use std::os::unix::fs::PermissionsExt;
+                start.wait();
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o600))
+            })
+        })
+        .collect();
+    for c in copies {
+        c.join().unwrap().unwrap();
+    }
+    let busy = request_loops(pid);
+    assert!(
+        busy > idle && busy <= 16,
+        "{busy} loops after eight copy-ups at once ({idle} before)"
+    );
+    for i in 0..8 {
+        assert_eq!(fs::read(u.upper.join(format!("big{i}"))).unwrap(), chunk);
+    }
+    assert!(g.unmount().expect("status").success());
+}

@@ -277,9 +277,9 @@ impl<FS: Filesystem> Session<FS> {
             ));
         }
 
-        let Some(n_threads_minus_one) = n_threads.checked_sub(1) else {
+        if n_threads == 0 {
             return Err(io::Error::other("n_threads"));
-        };
+        }
 
         let mut filesystem = Arc::new(filesystem);
 
@@ -299,49 +299,22 @@ impl<FS: Filesystem> Session<FS> {
             }
             None => None,
         };
-        let n_classic_minus_one = if uring.is_some() {
-            0
-        } else {
-            n_threads_minus_one
-        };
-
-        let mut channels = Vec::with_capacity(n_classic_minus_one + 1);
-
-        for _ in 0..n_classic_minus_one {
-            if config.clone_fd {
-                #[cfg(target_os = "linux")]
-                {
-                    channels.push(ch.clone_fd()?);
-                    continue;
-                }
-                #[cfg(not(target_os = "linux"))]
-                {
-                    return Err(io::Error::other("clone_fd is only supported on Linux"));
-                }
-            } else {
-                channels.push(ch.clone());
-            }
-        }
+        // The classic loops: one to begin with, more on demand up to `n_threads`, or one
+        // in all when the ring serves.
+        let pool = Arc::new(LoopPool::new(
+            if uring.is_some() { 1 } else { n_threads },
+            config.clone_fd,
+        ));
         let ch_for_uring = ch.clone();
-        channels.push(ch);
-
-        let mut threads = Vec::with_capacity(channels.len());
-
-        for (i, ch) in channels.into_iter().enumerate() {
-            let thread_name = format!("fuser-{i}");
-            let event_loop = SessionEventLoop {
-                thread_name: thread_name.clone(),
-                filesystem: filesystem.clone(),
-                ch,
-                allowed,
-                session_owner,
-            };
-            threads.push(
-                thread::Builder::new()
-                    .name(thread_name)
-                    .spawn(move || event_loop.event_loop())?,
-            );
+        SessionEventLoop {
+            thread_name: "fuser-0".to_string(),
+            filesystem: filesystem.clone(),
+            ch,
+            allowed,
+            session_owner,
+            pool: Some(pool.clone()),
         }
+        .start(&pool)?;
 
         let uring_required = uring.as_ref().is_some_and(|u| u.required);
         let ring_threads = match uring {
@@ -352,6 +325,7 @@ impl<FS: Filesystem> Session<FS> {
                     ch: ch_for_uring.clone(),
                     allowed,
                     session_owner,
+                    pool: None,
                 };
                 Box::new(move |w: &Arc<crate::uring::Worker>| crate::uring::serve(w, &event_loop))
             }),
@@ -371,7 +345,8 @@ impl<FS: Filesystem> Session<FS> {
                 Err(_) => return Err(io::Error::other("io_uring worker thread panicked")),
             }
         }
-        for thread in threads {
+        // A loop may start another until it ends: take them until none is left.
+        while let Some(thread) = pool.take_thread() {
             let res = match thread.join() {
                 Ok(res) => res,
                 Err(_) => {
@@ -630,9 +605,84 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// The classic loops this one belongs to (None: an io_uring worker).
+    pub(crate) pool: Option<Arc<LoopPool>>,
+}
+
+/// The classic /dev/fuse loops: one to begin with, and one more whenever none is left
+/// waiting for a request, up to `max`, as in libfuse's multithreaded loop. An idle mount
+/// keeps one or two threads (each costs time at mount and at unmount); a request that
+/// blocks, such as an open waiting for a RELEASE, leaves a reader for the others while
+/// `max` allows.
+#[derive(Debug)]
+pub(crate) struct LoopPool {
+    waiting: std::sync::atomic::AtomicUsize,
+    live: std::sync::atomic::AtomicUsize,
+    max: usize,
+    clone_fd: bool,
+    threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
+}
+
+impl LoopPool {
+    fn new(max: usize, clone_fd: bool) -> LoopPool {
+        LoopPool {
+            waiting: 0.into(),
+            // The first loop, which the session starts.
+            live: 1.into(),
+            max: max.max(1),
+            clone_fd,
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take_thread(&self) -> Option<JoinHandle<io::Result<()>>> {
+        self.threads.lock().pop()
+    }
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
+    fn start(self, pool: &LoopPool) -> io::Result<()> {
+        let h = thread::Builder::new()
+            .name(self.thread_name.clone())
+            .spawn(move || self.event_loop())?;
+        pool.threads.lock().push(h);
+        Ok(())
+    }
+
+    /// No loop is left waiting for a request: start one more if `max` allows.
+    fn grow(&self, pool: &Arc<LoopPool>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = pool.live.fetch_add(1, SeqCst);
+        if n >= pool.max {
+            pool.live.fetch_sub(1, SeqCst);
+            return;
+        }
+        let ch = if pool.clone_fd {
+            #[cfg(target_os = "linux")]
+            let ch = self.ch.clone_fd();
+            #[cfg(not(target_os = "linux"))]
+            let ch = Ok(self.ch.clone());
+            ch
+        } else {
+            Ok(self.ch.clone())
+        };
+        let started = ch.and_then(|ch| {
+            SessionEventLoop {
+                thread_name: format!("fuser-{n}"),
+                ch,
+                filesystem: self.filesystem.clone(),
+                allowed: self.allowed,
+                session_owner: self.session_owner,
+                pool: Some(pool.clone()),
+            }
+            .start(pool)
+        });
+        if let Err(e) = started {
+            pool.live.fetch_sub(1, SeqCst);
+            warn!("cannot start another /dev/fuse loop: {e}");
+        }
+    }
+
     fn event_loop(&self) -> io::Result<()> {
         // Buffer for receiving requests from the kernel. Only one is allocated and
         // it is reused immediately after dispatching to conserve memory and allocations.
@@ -641,7 +691,17 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         loop {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
-            match self.ch.receive_retrying(buf) {
+            use std::sync::atomic::Ordering::SeqCst;
+            if let Some(p) = &self.pool {
+                p.waiting.fetch_add(1, SeqCst);
+            }
+            let got = self.ch.receive_retrying(buf);
+            if let Some(p) = &self.pool {
+                if p.waiting.fetch_sub(1, SeqCst) == 1 && got.is_ok() {
+                    self.grow(p);
+                }
+            }
+            match got {
                 Ok(size) => match RequestWithSender::new(ReplySender::Channel(self.ch.sender()), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
