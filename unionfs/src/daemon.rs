@@ -102,9 +102,9 @@ fn fuse_config(cfg: &MountConfig) -> FuseConfig {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    // The most /dev/fuse loops (fuser starts them as requests wait for one, so an idle
-    // mount has one or two). At least 8: opens waiting for a RELEASE in flight (a
-    // snapshot draining passthrough writers) must leave threads to serve that RELEASE.
+    // The most /dev/fuse loops (fuser starts four, and more as requests wait for one).
+    // At least 8: opens waiting for a RELEASE in flight (a snapshot draining
+    // passthrough writers) must leave threads to serve that RELEASE.
     c.n_threads = Some((cores * 2).clamp(8, 16));
     c.clone_fd = true;
     c.uring = cfg.uring;
