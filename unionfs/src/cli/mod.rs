@@ -3,6 +3,7 @@
 //! `MountConfig` is validated, so each syntax gets the same checks and messages.
 
 pub mod args;
+mod foreign;
 pub mod options;
 
 pub use options::{CliError, MountConfig};
