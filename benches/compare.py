@@ -1530,7 +1530,7 @@ def write_outputs(bench, workloads, kinds, outdir, text, mem):
 
 
 KIND_NAMES = ["native", "kernel", "fuse-overlayfs", "unionfs-fuse", "ours", "ours-uring-off",
-              "ours-metacopy", "ours-pt-on"]
+              "ours-unpinned", "ours-metacopy", "ours-pt-on"]
 ARGS = None
 
 
@@ -1609,6 +1609,9 @@ def main():
         # where the kernel offers it (uring=auto, enable_uring=Y).
         "ours-uring-off": Ours(binary, ",".join(x for x in (args.ours_opts, "uring=off") if x),
                                name="ours-uring-off"),
+        # The ring with workers free to run on any CPU (uring_pin=off).
+        "ours-unpinned": Ours(binary, ",".join(x for x in (args.ours_opts, "uring_pin=off") if x),
+                              name="ours-unpinned"),
         "ours-metacopy": Ours(binary, ",".join(x for x in (args.ours_opts, "metacopy=on") if x),
                               name="ours-metacopy", only={"touch", "append", "trunc"}),
         # Passthrough of lower files too (opt-in: see docs/cli.md).

@@ -2,7 +2,8 @@
 //! kernel offers it and /dev/fuse when off (counted by `ctl stats`); `on` where the kernel
 //! does not offer it is refused in one line, with nothing mounted; a daemon killed with
 //! requests in flight on the ring leaves a mount that `fusermount3 -u` removes and an
-//! upper with nothing partial; a rootless mount uses the ring too.
+//! upper with nothing partial; a rootless mount uses the ring too; ring workers run on
+//! their queue's CPU unless `uring_pin=off`.
 //!
 //! The kernel side is the fuse module's `enable_uring` parameter (scripts/test.sh sets
 //! it). The one test that flips it holds `KNOB`, as does every test here that needs it on;
@@ -280,4 +281,74 @@ fn a_rootless_mount_uses_the_ring_too() {
         v["uring_requests"].as_u64().unwrap_or(0) >= 10,
         "requests through the ring: {out}"
     );
+}
+
+/// The daemon's ring workers (threads `fuser-uring-Q.I`): queue and allowed CPUs.
+fn ring_workers(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let comm = fs::read_to_string(t.join("comm")).unwrap_or_default();
+        let Some(queue) = comm.trim().strip_prefix("fuser-uring-") else {
+            continue;
+        };
+        let queue = queue.split('.').next().unwrap_or("").to_string();
+        let status = fs::read_to_string(t.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        out.push((queue, cpus));
+    }
+    out
+}
+
+/// Whether a CPU list such as "0-3,6" names `cpu`.
+fn cpu_list_has(list: &str, cpu: &str) -> bool {
+    let Ok(cpu) = cpu.parse::<u32>() else {
+        return false;
+    };
+    list.split(',').any(|part| {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        matches!((a.trim().parse::<u32>(), b.trim().parse::<u32>()), (Ok(a), Ok(b)) if a <= cpu && cpu <= b)
+    })
+}
+
+#[test]
+fn ring_workers_run_on_their_queues_cpu_unless_uring_pin_is_off() {
+    if !require_uring() {
+        return;
+    }
+    let _k = knob();
+    let mine = fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|c| c.trim().to_string())
+        })
+        .unwrap();
+    for pin in ["on", "off"] {
+        let t = TempTree::new();
+        let (up, low, mnt) = (t.mkdir("up"), t.mkdir("low"), t.mkdir("mnt"));
+        let mut cmd = Command::new(unionfs_bin());
+        cmd.args(["-f", "-o", &format!("uring=on,uring_pin={pin}")])
+            .arg(format!("{}=rw:{}=ro", up.display(), low.display()))
+            .arg(&mnt);
+        let mut g = MountGuard::foreground(cmd, &mnt, Duration::from_secs(15));
+        some_requests(&mnt);
+        let workers = ring_workers(g.child().unwrap().id());
+        assert!(!workers.is_empty(), "no ring workers with uring=on");
+        for (queue, cpus) in &workers {
+            if pin == "on" && cpu_list_has(&mine, queue) {
+                // Queue N serves the requests issued on CPU N.
+                assert_eq!(cpus, queue, "uring_pin=on: worker of queue {queue}");
+            } else {
+                assert_eq!(cpus, &mine, "uring_pin=off: worker of queue {queue}");
+            }
+        }
+        assert!(g.unmount().expect("status").success());
+    }
 }

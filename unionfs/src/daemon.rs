@@ -108,6 +108,7 @@ fn fuse_config(cfg: &MountConfig) -> FuseConfig {
     c.n_threads = Some((cores * 2).clamp(8, 16));
     c.clone_fd = true;
     c.uring = cfg.uring;
+    c.uring_pin = cfg.uring_pin;
     c
 }
 

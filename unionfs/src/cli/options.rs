@@ -97,6 +97,8 @@ pub struct MountConfig {
     pub passthrough: crate::fuse::PassthroughMode,
     /// `-o uring=off|auto|on`: FUSE over io_uring (Linux 6.14+, enable_uring on).
     pub uring: fuser::UringMode,
+    /// `-o uring_pin=on|off` (default on): each io_uring worker runs on its queue's CPU.
+    pub uring_pin: bool,
 }
 
 fn parse_secs(opt: &str, v: &str) -> Result<Duration, CliError> {
@@ -179,6 +181,7 @@ impl MountConfig {
                 Ok(v) => parse_uring(&v).map_err(|e| usage(format!("UNIONFS_URING: {e}")))?,
                 Err(_) => fuser::UringMode::Auto,
             },
+            uring_pin: true,
             statfs_omit_ro: false,
             chroot: None,
             preserve_branch: false,
@@ -281,6 +284,15 @@ impl MountConfig {
                     // Honoured: kernel cache timeout for names and attributes.
                     "passthrough" => cfg.passthrough = need(v)?.parse().map_err(usage)?,
                     "uring" => cfg.uring = parse_uring(&need(v)?).map_err(usage)?,
+                    "uring_pin" => match v {
+                        Some("on") => cfg.uring_pin = true,
+                        Some("off") => cfg.uring_pin = false,
+                        _ => {
+                            return Err(usage(format!(
+                                "option {opt}: expected uring_pin=on or uring_pin=off"
+                            )))
+                        }
+                    },
                     "timeout" => {
                         let t = parse_secs(k, &need(v)?)?;
                         cfg.ttl.entry = t;

@@ -548,6 +548,7 @@ impl<FS: Filesystem> Session<FS> {
                         .max(config.max_pages() as usize * page)
                         .max(8192),
                     required: self.config.uring == crate::UringMode::On,
+                    pin: self.config.uring_pin,
                 };
                 // Required: started now, so that a refusal fails the mount. Otherwise
                 // when the session runs (after the mount is reported live: a mount

@@ -20,6 +20,9 @@ pub struct Config {
     pub clone_fd: bool,
     /// FUSE over io_uring (Linux 6.14+): off, when the kernel offers it, or required.
     pub uring: crate::UringMode,
+    /// Run each io_uring worker on its queue's CPU (where the requests it serves are
+    /// issued), where the process allows that CPU.
+    pub uring_pin: bool,
 }
 
 /// Mount options accepted by the FUSE filesystem type
