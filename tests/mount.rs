@@ -465,7 +465,9 @@ fn request_threads_start_as_requests_wait_for_one() {
     // A mount that served a request: the four loops it starts with, maybe one more.
     // (Requests one after the other can start more: the next may come before the loop
     // that answered the last one is back to waiting.)
+    // A thread is named once it runs: on a loaded machine, give them a moment.
     fs::metadata(u.mnt.join("a.txt")).unwrap();
+    wait_until(Duration::from_secs(5), || request_loops(pid) >= 4);
     let idle = request_loops(pid);
     assert!((4..=5).contains(&idle), "{idle} loops after one request");
     // Eight copy-ups at once: each holds its loop for a while, and loops start for the
