@@ -58,6 +58,12 @@ pub(crate) fn ctl(mnt: &Path, args: &[&str]) -> Outcome {
     run(&mut c)
 }
 
+/// `unionfs ctl MNT stats --json`, parsed.
+pub(crate) fn stats(mnt: &Path) -> serde_json::Value {
+    let out = ctl(mnt, &["stats", "--json"]).ok();
+    serde_json::from_str(out.stdout.trim()).unwrap()
+}
+
 pub(crate) fn list(mnt: &Path) -> Vec<(String, PathBuf)> {
     let out = ctl(mnt, &["list", "--json"]).ok();
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("list --json");
@@ -289,8 +295,7 @@ fn stack_changes_under_load() {
         );
     }
     assert_eq!(got, want);
-    let stats = ctl(&fx.mnt, &["stats", "--json"]).ok();
-    let s: serde_json::Value = serde_json::from_str(stats.stdout.trim()).unwrap();
+    let s = stats(&fx.mnt);
     assert!(s["copy_ups"].as_u64().unwrap() > 0, "{s}");
 }
 

@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::ctl::{ctl, mount_with};
+use crate::ctl::{ctl, mount_with, stats};
 
 fn names(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
@@ -220,9 +220,7 @@ fn a_directory_moved_out_of_a_branch_is_noticed_after_the_entry_timeout_or_a_ref
 }
 
 fn nodes_held(mnt: &Path) -> u64 {
-    let out = ctl(mnt, &["stats", "--json"]).ok();
-    let s: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
-    s["nodes"].as_u64().unwrap()
+    stats(mnt)["nodes"].as_u64().unwrap()
 }
 
 /// Walks `dir` by the listings' d_type alone (as find does), returning (dirs, files).

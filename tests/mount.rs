@@ -437,12 +437,10 @@ fn sigint_unmounts_cleanly() {
 
 /// The daemon's /dev/fuse loops: its threads named `fuser-N`.
 fn request_loops(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|c| {
-            c.trim()
-                .strip_prefix("fuser-")
+    threads_of(pid)
+        .iter()
+        .filter(|(name, _)| {
+            name.strip_prefix("fuser-")
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         })
         .count()

@@ -7,13 +7,8 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use crate::ctl::{ctl, list, mount_with};
+use crate::ctl::{ctl, list, mount_with, stats};
 use crate::util::*;
-
-fn stats(mnt: &std::path::Path) -> serde_json::Value {
-    let out = ctl(mnt, &["stats", "--json"]).ok();
-    serde_json::from_str(out.stdout.trim()).unwrap()
-}
 
 fn data_requests(mnt: &std::path::Path) -> u64 {
     stats(mnt)["data_requests"].as_u64().unwrap()

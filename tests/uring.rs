@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::ctl::{ctl, mount_with};
+use crate::ctl::{mount_with, stats};
 use crate::util::*;
 
 const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -41,9 +41,7 @@ fn require_uring() -> bool {
 }
 
 fn uring_requests(mnt: &Path) -> u64 {
-    let out = ctl(mnt, &["stats", "--json"]).ok();
-    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
-    v["uring_requests"]
+    stats(mnt)["uring_requests"]
         .as_u64()
         .expect("uring_requests in stats")
 }
@@ -285,24 +283,17 @@ fn a_rootless_mount_uses_the_ring_too() {
 
 /// The daemon's ring workers (threads `fuser-uring-Q.I`): queue and allowed CPUs.
 fn ring_workers(pid: u32) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let t = t.unwrap().path();
-        let comm = fs::read_to_string(t.join("comm")).unwrap_or_default();
-        let Some(queue) = comm.trim().strip_prefix("fuser-uring-") else {
-            continue;
-        };
-        let queue = queue.split('.').next().unwrap_or("").to_string();
-        let status = fs::read_to_string(t.join("status")).unwrap_or_default();
-        let cpus = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        out.push((queue, cpus));
-    }
-    out
+    threads_of(pid)
+        .into_iter()
+        .filter_map(|(name, cpus)| {
+            let queue = name
+                .strip_prefix("fuser-uring-")?
+                .split('.')
+                .next()?
+                .to_string();
+            Some((queue, cpus))
+        })
+        .collect()
 }
 
 /// Whether a CPU list such as "0-3,6" names `cpu`.
@@ -322,14 +313,7 @@ fn ring_workers_run_on_their_queues_cpu_unless_uring_pin_is_off() {
         return;
     }
     let _k = knob();
-    let mine = fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Cpus_allowed_list:")
-                .map(|c| c.trim().to_string())
-        })
-        .unwrap();
+    let mine = cpus_allowed(Path::new("/proc/self/status"));
     for pin in ["on", "off"] {
         let t = TempTree::new();
         let (up, low, mnt) = (t.mkdir("up"), t.mkdir("low"), t.mkdir("mnt"));

@@ -359,6 +359,32 @@ fn kill_group(child: &Child) {
     }
 }
 
+/// The threads of process `pid`: (name, allowed CPUs as /proc writes them, "0-3,6").
+pub fn threads_of(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let name = std::fs::read_to_string(t.join("comm"))
+                .ok()?
+                .trim()
+                .to_string();
+            Some((name, cpus_allowed(&t.join("status"))))
+        })
+        .collect()
+}
+
+/// The `Cpus_allowed_list` of a /proc `status` file.
+pub fn cpus_allowed(status: &Path) -> String {
+    std::fs::read_to_string(status)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
