@@ -647,6 +647,15 @@ impl LoopPool {
     fn take_thread(&self) -> Option<JoinHandle<io::Result<()>>> {
         self.threads.lock().pop()
     }
+
+    /// The channel for a new loop: its own cloned /dev/fuse fd with `clone_fd`.
+    fn channel(&self, ch: &Channel) -> io::Result<Channel> {
+        #[cfg(target_os = "linux")]
+        if self.clone_fd {
+            return ch.clone_fd();
+        }
+        Ok(ch.clone())
+    }
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -666,16 +675,7 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             pool.live.fetch_sub(1, SeqCst);
             return;
         }
-        let ch = if pool.clone_fd {
-            #[cfg(target_os = "linux")]
-            let ch = self.ch.clone_fd();
-            #[cfg(not(target_os = "linux"))]
-            let ch = Ok(self.ch.clone());
-            ch
-        } else {
-            Ok(self.ch.clone())
-        };
-        let started = ch.and_then(|ch| {
+        let started = pool.channel(&self.ch).and_then(|ch| {
             SessionEventLoop {
                 thread_name: format!("fuser-{n}"),
                 ch,
