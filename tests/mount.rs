@@ -494,3 +494,34 @@ fn request_threads_start_as_requests_wait_for_one() {
     }
     assert!(g.unmount().expect("status").success());
 }
+
+/// A field of /proc/PID/status or /proc/PID/limits, as its first number.
+fn proc_number(path: &str, field: &str) -> Option<u64> {
+    fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+}
+
+#[test]
+fn the_daemon_grows_its_fd_table_before_it_serves() {
+    if !require_root() {
+        return;
+    }
+    let u = union();
+    let mut cmd = unionfs_cmd();
+    cmd.arg("-f").args(u.native_args());
+    let mut g = MountGuard::foreground(cmd, &u.mnt, Duration::from_secs(15));
+    let pid = g.child().unwrap().id();
+    // Grown later, with its threads running, each step would wait for an RCU grace
+    // period in the middle of a request.
+    let soft = proc_number(&format!("/proc/{pid}/limits"), "Max open files").unwrap();
+    let size = proc_number(&format!("/proc/{pid}/status"), "FDSize:").unwrap();
+    assert!(
+        size >= soft.min(4096),
+        "fd table of {size} slots, open-file limit {soft}"
+    );
+    assert!(g.unmount().expect("status").success());
+}

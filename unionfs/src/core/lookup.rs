@@ -90,9 +90,9 @@ impl DirCursor {
     }
 }
 
-/// A directory opened (`O_PATH`, beneath the branch root) in each of its layers, lazily,
-/// and when: kept by the adapter so that lookups in a directory need not walk its path
-/// again in every branch.
+/// A directory opened (beneath the branch root) in each of its layers, lazily, and
+/// when: kept by the adapter so that lookups in a directory need not walk its path again
+/// in every branch. A slot is `O_PATH`, or `O_RDONLY` where a listing opened it first.
 pub struct DirFds {
     /// The stack's layer generation when taken: any change of directory layers since
     /// (a copy-up, rename or removal of a directory, a stack change, `refresh`) ends it.
@@ -119,6 +119,12 @@ impl DirFds {
     /// Whether these fds were opened less than `max_age` ago.
     pub fn young(&self, max_age: Duration) -> bool {
         self.born.elapsed() < max_age
+    }
+
+    /// How many of its layers are opened (tests).
+    #[cfg(test)]
+    pub(crate) fn opened(&self) -> usize {
+        self.slots.iter().filter(|s| s.get().is_some()).count()
     }
 
     /// How many fds this can hold.
@@ -148,6 +154,58 @@ impl DirFds {
             let _ = slot.set(fd);
         }
         Ok(slot.get().and_then(|fd| fd.as_ref().map(|d| d.as_fd())))
+    }
+
+    /// The directory in layer position `pos` (branch `b`) opened for reading its
+    /// entries from the start, or None if it is not there. The first caller opens it
+    /// (`O_RDONLY`) into the slot, where it then serves later `*at()` calls too, so a
+    /// listing followed by lookups (readdirplus) walks the path once; a slot already
+    /// open is reopened (".") because its file position is not ours to move.
+    pub(crate) fn listing_fd(
+        &self,
+        stack: &Stack,
+        pos: usize,
+        b: u16,
+        rel: &Path,
+    ) -> std::io::Result<Option<ListingFd<'_>>> {
+        let slot = &self.slots[pos];
+        let read_dir = libc::O_RDONLY | libc::O_DIRECTORY;
+        if slot.get().is_none() {
+            let fd = match sys::open_beneath(stack.branch(b).fd(), rel, read_dir, 0) {
+                Ok(d) => Some(d),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            if slot.set(fd).is_ok() {
+                return Ok(slot
+                    .get()
+                    .and_then(|fd| fd.as_ref().map(|d| ListingFd::Fresh(d.as_fd()))));
+            }
+        }
+        match slot.get().and_then(|fd| fd.as_ref()) {
+            Some(d) => sys::open_beneath(d.as_fd(), Path::new(""), read_dir, 0)
+                .map(|fd| Some(ListingFd::Reopened(fd))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A directory fd positioned at its first entry (see [`DirFds::listing_fd`]).
+pub(crate) enum ListingFd<'a> {
+    /// Opened just now into a slot: nobody else reads entries from it.
+    Fresh(BorrowedFd<'a>),
+    /// Reopened from a slot opened before.
+    Reopened(OwnedFd),
+}
+
+impl AsFd for ListingFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            ListingFd::Fresh(fd) => *fd,
+            ListingFd::Reopened(fd) => fd.as_fd(),
+        }
     }
 }
 

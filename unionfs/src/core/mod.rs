@@ -574,10 +574,12 @@ impl Union {
     }
 }
 
-/// Process-wide setup the daemon needs: callers' modes are applied exactly, so the
-/// daemon's own umask must not interfere.
+/// Process-wide setup the daemon needs, before it starts threads: callers' modes are
+/// applied exactly, so the daemon's own umask must not interfere; and its fd table is
+/// grown once, now (see [`sys::reserve_fd_table`]).
 pub fn prepare_process() {
     sys::umask_zero();
+    sys::reserve_fd_table(4096);
 }
 
 /// FUSE's root node id, which is also the root's st_ino.

@@ -10,7 +10,7 @@ use std::path::Path;
 use super::error::{IoContext, Result};
 use super::lookup::is_hidden_name;
 use super::whiteout::EntryMeaning;
-use super::{parent_fd, sys, Obj, Union};
+use super::{parent_fd, sys, DirCursor, Obj, Union};
 
 /// One visible entry of a merged directory.
 #[derive(Clone, Debug)]
@@ -29,34 +29,34 @@ pub struct DirEntry {
 impl Union {
     /// Lists the directory `dir` as the union shows it.
     pub fn readdir(&self, dir: &Obj) -> Result<Vec<DirEntry>> {
-        let stack = self.stack();
+        self.readdir_in(&self.dir_cursor(dir))
+    }
+
+    /// Lists the cursor's directory, opening it on the cursor's fds: lookups in it
+    /// afterwards (readdirplus) use the fds the listing opened.
+    pub fn readdir_in(&self, cursor: &DirCursor) -> Result<Vec<DirEntry>> {
+        let (stack, dir, fds) = cursor.parts();
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
         let meta = stack.format == super::WhiteoutFormat::Meta;
         // unionfs-fuse markers of every branch above a layer hide names in it, whether
         // or not that branch holds the directory.
         let mut meta_from = 0u16;
-        for &b in &dir.layers {
+        for (pos, &b) in dir.layers.iter().enumerate() {
             if meta {
                 for i in meta_from..b {
                     seen.extend(
-                        super::meta::hidden_names(&stack, i, &dir.path)
-                            .ctx("readdir", &dir.path)?,
+                        super::meta::hidden_names(stack, i, &dir.path).ctx("readdir", &dir.path)?,
                     );
                 }
                 meta_from = b;
             }
-            let fd = match sys::open_beneath(
-                stack.branch(b).fd(),
-                &dir.path,
-                libc::O_RDONLY | libc::O_DIRECTORY,
-                0,
-            ) {
-                Ok(fd) => fd,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-                    continue
-                }
-                Err(e) => return Err(e).ctx("readdir", &dir.path),
+            let bottom = pos + 1 == dir.layers.len();
+            let Some(fd) = fds
+                .listing_fd(stack, pos, b, &dir.path)
+                .ctx("readdir", &dir.path)?
+            else {
+                continue;
             };
             let entries = sys::read_dir_fd(&fd).ctx("readdir", &dir.path)?;
             let branch = stack.branch(b);
@@ -67,7 +67,7 @@ impl Union {
             // Whiteouts of this branch hide lower names only, so apply them afterwards.
             let mut hidden_here = Vec::new();
             for e in entries {
-                if is_hidden_name(&stack, &dir.path, &e.name) && !is_wh_entry(&stack, &e.name) {
+                if is_hidden_name(stack, &dir.path, &e.name) && !is_wh_entry(stack, &e.name) {
                     continue;
                 }
                 if self.config.hide_meta_files && super::meta::is_meta_name(&dir.path, &e.name) {
@@ -89,7 +89,14 @@ impl Union {
                     EntryMeaning::Private => {}
                     EntryMeaning::Whiteout(n) => hidden_here.push(n),
                     EntryMeaning::Real => {
-                        if seen.insert(e.name.clone()) {
+                        // The bottom layer's names need not be remembered: nothing
+                        // below could repeat them (a single-layer listing hashes none).
+                        let new = if bottom {
+                            !seen.contains(&e.name)
+                        } else {
+                            seen.insert(e.name.clone())
+                        };
+                        if new {
                             let ino = (numbers_known
                                 && !matches!(e.d_type, libc::DT_DIR | libc::DT_UNKNOWN))
                             .then(|| stack.map_ino(branch.dev, e.d_ino));
@@ -208,6 +215,28 @@ mod tests {
             assert_eq!(t.union(fmt).dir_nlink(&d).unwrap(), 4, "{fmt:?}");
             assert_eq!(u.dir_nlink(&d).unwrap(), 4, "{fmt:?}: kept exact");
             assert!(u.nlink_cache.contains_key(&d.path), "not dropped");
+        }
+    }
+
+    #[test]
+    fn listings_on_one_cursor_share_its_fds_and_each_start_from_the_top() {
+        for fmt in formats() {
+            let t = Tree::new(&["rw", "ro"]);
+            t.dir("rw", "d");
+            t.dir("ro", "d");
+            t.file("rw", "d/up", "x");
+            t.file("ro", "d/low", "x");
+            let u = t.union(fmt);
+            let d = lookup_path(&u, "d");
+            let mut cursor = u.dir_cursor(&d);
+            assert_eq!(cursor.parts().2.opened(), 0, "{fmt:?}");
+            let first = names(&u.readdir_in(&cursor).unwrap());
+            assert_eq!(first, vec!["low", "up"], "{fmt:?}");
+            // The listing opened both layers into the cursor, for the lookups after it.
+            assert_eq!(cursor.parts().2.opened(), 2, "{fmt:?}");
+            assert_eq!(cursor.lookup(os("low")).unwrap().layers[0], 1, "{fmt:?}");
+            // A second listing on the same fds reads from the first entry again.
+            assert_eq!(names(&u.readdir_in(&cursor).unwrap()), first, "{fmt:?}");
         }
     }
 

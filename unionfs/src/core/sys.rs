@@ -560,7 +560,8 @@ pub(crate) fn fstatfs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
     Ok(st.f_type as i64)
 }
 
-pub(crate) fn read_dir_fd(fd: &OwnedFd) -> io::Result<Vec<RawDirEntry>> {
+pub(crate) fn read_dir_fd(fd: &impl std::os::fd::AsFd) -> io::Result<Vec<RawDirEntry>> {
+    let fd = fd.as_fd();
     let mut out = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -597,6 +598,36 @@ pub(crate) fn read_dir_fd(fd: &OwnedFd) -> io::Result<Vec<RawDirEntry>> {
                 });
             }
             pos += reclen;
+        }
+    }
+}
+
+/// Grows the fd table to `want` slots (or the open-file limit, if lower). A process
+/// with several threads that opens its next fd past the table's size waits for an RCU
+/// grace period while the kernel swaps tables (milliseconds, at 64, 128, 256... fds),
+/// which a fresh mount would otherwise pay in its first requests. A single-threaded
+/// process grows it without waiting, and the table never shrinks.
+pub(crate) fn reserve_fd_table(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on our own fd table; the high fd is closed at once.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let top = want.min(lim.rlim_cur).saturating_sub(1);
+        if top < 64 {
+            return;
+        }
+        // Any open fd serves as the source (stdin may be closed).
+        for src in 0..3 {
+            let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, top as libc::c_int);
+            if fd >= 0 {
+                libc::close(fd);
+                return;
+            }
         }
     }
 }

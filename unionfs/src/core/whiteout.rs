@@ -512,7 +512,10 @@ mod tests {
         let (d, fd) = tmp();
         let f = WhiteoutFormat::Overlay { user_xattr: false };
         let here = OsStr::new("");
-        assert!(f.probe(fd.as_fd()), "the probe fails for root in a temp dir");
+        assert!(
+            f.probe(fd.as_fd()),
+            "the probe fails for root in a temp dir"
+        );
         assert_eq!(
             std::fs::read_dir(d.path()).unwrap().count(),
             0,

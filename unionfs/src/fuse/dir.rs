@@ -19,7 +19,7 @@ use fuser::{Errno, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
 
 use super::listing::{Listing, AFTER_DOT, AFTER_DOTDOT, END};
 use super::{attr, err, Res, UnionFs};
-use crate::core::Obj;
+use crate::core::{DirCursor, Obj};
 
 /// When files were last looked up one by one (see the module comment).
 pub(super) struct FileLookups {
@@ -72,21 +72,23 @@ impl UnionFs {
         }
     }
 
-    /// The directory and the listing to continue from `offset` in.
-    fn listing(&self, ino: INodeNo, offset: u64) -> Res<(Obj, Arc<Listing>)> {
+    /// The directory, the listing to continue from `offset` in, and a lookup cursor on
+    /// the fds the listing used.
+    fn listing(&self, ino: INodeNo, offset: u64) -> Res<(Obj, Arc<Listing>, DirCursor)> {
         let node = self.node(ino)?;
         let obj = self.current(&node)?;
         if !obj.is_dir() {
             return Err(Errno::ENOTDIR);
         }
+        let cursor = self.cursor(&obj);
         if offset != 0 {
             if let Some(l) = self.listings.get(&ino.0) {
-                return Ok((obj, l.clone()));
+                return Ok((obj, l.clone(), cursor));
             }
         }
-        let list = Arc::new(Listing::new(self.union.readdir(&obj).map_err(err)?));
+        let list = Arc::new(Listing::new(self.union.readdir_in(&cursor).map_err(err)?));
         self.listings.insert(ino.0, list.clone());
-        Ok((obj, list))
+        Ok((obj, list, cursor))
     }
 
     /// The scan of `list` reached its end.
@@ -98,7 +100,7 @@ impl UnionFs {
         if offset == END {
             return reply.ok();
         }
-        let (obj, list) = match self.listing(ino, offset) {
+        let (obj, list, mut cursor) = match self.listing(ino, offset) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
@@ -111,7 +113,6 @@ impl UnionFs {
         {
             return reply.ok();
         }
-        let mut cursor = self.cursor(&obj);
         for (next, e) in list.after(offset) {
             // d_ino must equal st_ino: the listing's number, or the union's.
             let (ino, kind) = match e.ino {
@@ -133,15 +134,14 @@ impl UnionFs {
         if offset == END {
             return reply.ok();
         }
-        let (obj, list) = match self.listing(ino, offset) {
+        let (obj, list, mut cursor) = match self.listing(ino, offset) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
         // "." and ".." need the directory's own attributes: only the first call has them.
         if offset < AFTER_DOTDOT {
-            let dot = match self
-                .union
-                .stat(&obj)
+            let dot = match cursor
+                .stat_dir()
                 .map_err(err)
                 .and_then(|st| self.attr_of(&obj, &st))
             {
@@ -164,7 +164,6 @@ impl UnionFs {
                 }
             }
         }
-        let mut cursor = self.cursor(&obj);
         // Files go without attributes (no lookup here, no inode in the kernel) unless
         // they get looked up one by one in this part of the tree (`ls -l`, du, grep):
         // a scan that only walks the tree (find) then costs one request per directory.
