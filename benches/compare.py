@@ -1530,7 +1530,7 @@ def write_outputs(bench, workloads, kinds, outdir, text, mem):
 
 
 KIND_NAMES = ["native", "kernel", "fuse-overlayfs", "unionfs-fuse", "ours", "ours-uring-off",
-              "ours-unpinned", "ours-metacopy", "ours-pt-on"]
+              "ours-unpinned", "ours-no-readahead", "ours-metacopy", "ours-pt-on"]
 ARGS = None
 
 
@@ -1612,6 +1612,10 @@ def main():
         # The ring with workers free to run on any CPU (uring_pin=off).
         "ours-unpinned": Ours(binary, ",".join(x for x in (args.ours_opts, "uring_pin=off") if x),
                               name="ours-unpinned"),
+        # No directory readahead during tree walks (dir_readahead=off).
+        "ours-no-readahead": Ours(binary, ",".join(x for x in (args.ours_opts,
+                                                               "dir_readahead=off") if x),
+                                  name="ours-no-readahead"),
         "ours-metacopy": Ours(binary, ",".join(x for x in (args.ours_opts, "metacopy=on") if x),
                               name="ours-metacopy", only={"touch", "append", "trunc"}),
         # Passthrough of lower files too (opt-in: see docs/cli.md).

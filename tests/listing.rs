@@ -270,3 +270,62 @@ fn a_tree_walk_that_stats_no_file_makes_no_inode_for_one_and_numbers_still_match
     }
     assert!(nodes_held(&fx.mnt) >= after_walk + 1200);
 }
+
+/// (listings read ahead, of those used) from `ctl stats`.
+fn read_ahead(mnt: &Path) -> (u64, u64) {
+    let s = stats(mnt);
+    let n = |k: &str| {
+        s[k].as_u64()
+            .unwrap_or_else(|| panic!("no {k} in stats: {s}"))
+    };
+    (n("listings_read_ahead"), n("listings_read_ahead_used"))
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn a_walk_lists_subdirectories_ahead_and_never_misses_a_change_made_meanwhile() {
+    let Some(fx) = mount_with(&[]) else { return };
+    for s in 0..3 {
+        fs::create_dir_all(fx.low.join(format!("t/d/s{s}"))).unwrap();
+        fs::write(fx.low.join(format!("t/d/s{s}/f")), "x").unwrap();
+    }
+    // Already in the rw branch, so that the change below moves no directory up (which
+    // alone would make the daemon list it afresh).
+    fs::create_dir_all(fx.up.join("t/d/s2")).unwrap();
+    // Two listings right after each other: a walk. The subdirectories of the second
+    // are read ahead.
+    names(&fx.mnt.join("t"));
+    names(&fx.mnt.join("t/d"));
+    assert!(
+        crate::util::wait_until(std::time::Duration::from_secs(5), || read_ahead(&fx.mnt).0
+            >= 3),
+        "read ahead: {:?}",
+        read_ahead(&fx.mnt)
+    );
+    let (_, used) = read_ahead(&fx.mnt);
+    // Unchanged since: its listing serves.
+    assert_eq!(names(&fx.mnt.join("t/d/s0")), ["f"]);
+    assert_eq!(read_ahead(&fx.mnt).1, used + 1);
+    // A change through the mount: what was read before it does not serve.
+    fs::write(fx.mnt.join("t/d/s2/new"), "y").unwrap();
+    assert_eq!(sorted(names(&fx.mnt.join("t/d/s2"))), ["f", "new"]);
+    assert_eq!(read_ahead(&fx.mnt).1, used + 1);
+}
+
+#[test]
+fn with_dir_readahead_off_a_walk_reads_nothing_ahead() {
+    let Some(fx) = mount_with(&["-o", "dir_readahead=off"]) else {
+        return;
+    };
+    for d in 0..10 {
+        fs::create_dir_all(fx.low.join(format!("t/d{d}/sub"))).unwrap();
+    }
+    let mut found = (Vec::new(), Vec::new());
+    walk_by_d_type(&fx.mnt.join("t"), &mut found);
+    assert_eq!(found.0.len(), 20);
+    assert_eq!(read_ahead(&fx.mnt), (0, 0));
+}

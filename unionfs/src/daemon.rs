@@ -143,7 +143,8 @@ fn serve_inner(
     crate::core::prepare_process();
     let fs = UnionFs::new(Arc::new(union), cfg.ttl)
         .map_err(|e| runtime(e.to_string()))?
-        .with_passthrough(cfg.passthrough);
+        .with_passthrough(cfg.passthrough)
+        .with_dir_readahead(cfg.dir_readahead);
     let control = fs.control();
     let fcfg = fuse_config(cfg);
     let cannot =

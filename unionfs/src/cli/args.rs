@@ -90,6 +90,9 @@ Union options (-o):
                             go through io_uring queues instead of /dev/fuse reads and
                             writes. auto (default): when the kernel offers it; on: required
                             (the mount fails where it is not offered); off: /dev/fuse
+  uring_pin=on|off          run each io_uring queue's workers on its CPU (default on)
+  dir_readahead=on|off      during a tree walk (find, du, ls -R), list the subdirectories
+                            ahead on another thread (default on)
   allow_other               let other users use the mount (needs user_allow_other in
                             /etc/fuse.conf when not root)
   allow_root                let root use a user's mount

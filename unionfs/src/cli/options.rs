@@ -99,6 +99,9 @@ pub struct MountConfig {
     pub uring: fuser::UringMode,
     /// `-o uring_pin=on|off` (default on): each io_uring worker runs on its queue's CPU.
     pub uring_pin: bool,
+    /// `-o dir_readahead=on|off` (default on): during a tree walk, subdirectories are
+    /// listed ahead on another thread.
+    pub dir_readahead: bool,
 }
 
 fn parse_secs(opt: &str, v: &str) -> Result<Duration, CliError> {
@@ -182,6 +185,7 @@ impl MountConfig {
                 Err(_) => fuser::UringMode::Auto,
             },
             uring_pin: true,
+            dir_readahead: true,
             statfs_omit_ro: false,
             chroot: None,
             preserve_branch: false,
@@ -290,6 +294,15 @@ impl MountConfig {
                         _ => {
                             return Err(usage(format!(
                                 "option {opt}: expected uring_pin=on or uring_pin=off"
+                            )))
+                        }
+                    },
+                    "dir_readahead" => match v {
+                        Some("on") => cfg.dir_readahead = true,
+                        Some("off") => cfg.dir_readahead = false,
+                        _ => {
+                            return Err(usage(format!(
+                                "option {opt}: expected dir_readahead=on or dir_readahead=off"
                             )))
                         }
                     },

@@ -357,8 +357,27 @@ pub struct Union {
     /// Operations hold it shared; a stack change holds it exclusively, so each change
     /// is atomic with respect to in-flight operations.
     gate: RwLock<()>,
+    /// Operations that may change the tree: started so far, and in flight now (see
+    /// [`Union::quiet_changes`]).
+    changes: std::sync::atomic::AtomicU64,
+    changes_in_flight: std::sync::atomic::AtomicU64,
     /// Counters for `ctl stats`.
     pub stats: Stats,
+}
+
+/// An operation in progress (see [`Union::op_guard`]).
+pub struct OpGuard<'a> {
+    _gate: parking_lot::RwLockReadGuard<'a, ()>,
+    /// For an operation that may change the tree: the in-flight count it is part of.
+    changes: Option<&'a std::sync::atomic::AtomicU64>,
+}
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.changes {
+            c.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 /// What the union has done so far.
@@ -388,6 +407,8 @@ impl Union {
             nlink_cache: dashmap::DashMap::new(),
             dir_epoch: std::sync::atomic::AtomicU64::new(0),
             subdir_changes: std::sync::atomic::AtomicU64::new(0),
+            changes: std::sync::atomic::AtomicU64::new(0),
+            changes_in_flight: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -397,13 +418,42 @@ impl Union {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// Held (shared) for the length of one file-system operation.
+    /// Held (shared) for the length of one file-system operation that may change the
+    /// tree (any but those [`Union::read_guard`] serves).
     /// Recursive: a handler may take it again (a waiting change must not deadlock it).
-    pub fn op_guard(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+    pub fn op_guard(&self) -> OpGuard<'_> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut guard = self.read_guard();
+        self.changes_in_flight.fetch_add(1, SeqCst);
+        self.changes.fetch_add(1, SeqCst);
+        guard.changes = Some(&self.changes_in_flight);
+        guard
+    }
+
+    /// [`Union::op_guard`] for an operation that changes nothing (a lookup, stat,
+    /// listing, read, or an open for reading).
+    pub fn read_guard(&self) -> OpGuard<'_> {
         self.stats
             .ops
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.gate.read_recursive()
+        OpGuard {
+            _gate: self.gate.read_recursive(),
+            changes: None,
+        }
+    }
+
+    /// The number of changing operations started so far, if none is in flight now. A
+    /// result taken from the tree after this returned `Some(n)` still holds while
+    /// [`Union::unchanged_since`]`(n)`, up to changes behind the union's back.
+    pub fn quiet_changes(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.changes.load(SeqCst);
+        (self.changes_in_flight.load(SeqCst) == 0).then_some(n)
+    }
+
+    /// Whether no changing operation started since [`Union::quiet_changes`] gave `n`.
+    pub fn unchanged_since(&self, n: u64) -> bool {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst) == n
     }
 
     /// Replaces the branch stack in one step: waits for in-flight operations, builds
@@ -425,6 +475,8 @@ impl Union {
         then: impl FnOnce(&Union) -> std::result::Result<(), E>,
     ) -> std::result::Result<T, E> {
         let _excl = self.gate.write();
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let old = self.stack();
         let (branches, out) = change(&old)?;
         let new = Stack::with_format(branches, old.format, old.layers_gen() + 1);

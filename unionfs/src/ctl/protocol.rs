@@ -152,6 +152,12 @@ pub struct StatsInfo {
     /// Requests that came through FUSE over io_uring (0: the ring is not in use).
     #[serde(default)]
     pub uring_requests: u64,
+    /// Directory listings read ahead during tree walks.
+    #[serde(default)]
+    pub listings_read_ahead: u64,
+    /// Of those, the ones a listing then used.
+    #[serde(default)]
+    pub listings_read_ahead_used: u64,
 }
 
 /// FNV-1a: a stable hash of the mount point for the socket name.

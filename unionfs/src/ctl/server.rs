@@ -149,6 +149,8 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
                 passthrough_inodes: ctl.passthrough_inodes() as u64,
                 nodes: ctl.nodes() as u64,
                 uring_requests: fuser::uring_requests_served(),
+                listings_read_ahead: ctl.listings_read_ahead().0,
+                listings_read_ahead_used: ctl.listings_read_ahead().1,
             };
             return Response::ok(serde_json::to_value(s).unwrap_or_default());
         }

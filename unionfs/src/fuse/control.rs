@@ -25,6 +25,7 @@ pub struct Control {
     passthrough: Arc<super::passthrough::PassthroughTable<fuser::BackingId>>,
     notifier: Arc<OnceLock<Notifier>>,
     dir_fds: Arc<super::dirfds::DirFdCache>,
+    readahead: Arc<super::readahead::ReadAhead>,
 }
 
 impl UnionFs {
@@ -37,6 +38,7 @@ impl UnionFs {
             passthrough: self.passthrough.clone(),
             notifier: Arc::new(OnceLock::new()),
             dir_fds: self.dir_fds.clone(),
+            readahead: self.readahead.clone(),
         }
     }
 }
@@ -45,6 +47,13 @@ impl Control {
     /// Lets the control handle tell the kernel to drop caches.
     pub fn set_notifier(&self, n: Notifier) {
         let _ = self.notifier.set(n);
+    }
+
+    /// Directory listings read ahead so far, and how many of them served.
+    pub fn listings_read_ahead(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.readahead.stats;
+        (s.read.load(Relaxed), s.used.load(Relaxed))
     }
 
     /// Open files (and directories) whose data lives on the branch with this id.
@@ -141,6 +150,7 @@ impl Control {
     /// the kernel may need locks that in-flight requests hold.
     pub fn invalidate_all(&self) {
         self.dir_fds.clear();
+        self.readahead.clear();
         let Some(n) = self.notifier.get() else { return };
         let all = self.nodes.all();
         let by_path: HashMap<&Path, u64> = all.iter().map(|(i, p)| (p.as_path(), *i)).collect();

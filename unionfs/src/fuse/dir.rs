@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use fuser::{Errno, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
 
 use super::listing::{Listing, AFTER_DOT, AFTER_DOTDOT, END};
+use super::readahead::ReadAhead;
 use super::{attr, err, Res, UnionFs};
 use crate::core::{DirCursor, Obj};
 
@@ -56,7 +57,7 @@ impl FileLookups {
 
 impl UnionFs {
     pub(super) fn do_opendir(&self, ino: INodeNo, reply: fuser::ReplyOpen) {
-        let _gate = self.union.op_guard();
+        let _gate = self.union.read_guard();
         match self.node(ino) {
             // Directories need no handle (listing offsets are stable without one). With
             // attributes cached, ENOSYS makes the kernel skip OPENDIR and RELEASEDIR from
@@ -80,12 +81,17 @@ impl UnionFs {
         if !obj.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let cursor = self.cursor(&obj);
         if offset != 0 {
             if let Some(l) = self.listings.get(&ino.0) {
+                let cursor = self.cursor(&obj);
                 return Ok((obj, l.clone(), cursor));
             }
+        } else if let Some(a) = self.readahead.take(ino.0, &obj) {
+            let cursor = self.dir_fds.cursor_on(&self.union, ino.0, &obj, a.fds);
+            self.listings.insert(ino.0, a.list.clone());
+            return Ok((obj, a.list, cursor));
         }
+        let cursor = self.cursor(&obj);
         let list = Arc::new(Listing::new(self.union.readdir_in(&cursor).map_err(err)?));
         self.listings.insert(ino.0, list.clone());
         Ok((obj, list, cursor))
@@ -170,6 +176,8 @@ impl UnionFs {
         let node = self.nodes.get(obj.ino);
         let with_attrs =
             node.as_ref().is_some_and(|n| n.files_looked_up()) || self.file_lookups.lately();
+        // In a walk, the subdirectories this reply shows are listed next: read them ahead.
+        let mut ahead = Ahead::new(&self.readahead, offset == 0 && self.readahead.scan_begins());
         for (next, e) in list.after(offset) {
             if let (false, Some(ino)) = (with_attrs, e.ino) {
                 let kind = attr::file_type_of_dtype(e.d_type);
@@ -197,6 +205,9 @@ impl UnionFs {
             }
             // The kernel now holds a reference to this entry.
             let is_dir = child.is_dir();
+            if is_dir {
+                ahead.push(&child);
+            }
             let n = self.nodes.remember(child);
             if with_attrs && is_dir {
                 n.set_files_looked_up();
@@ -204,5 +215,34 @@ impl UnionFs {
         }
         self.listing_done(ino, &list);
         reply.ok();
+    }
+}
+
+/// Subdirectories a reply shows, queued for readahead when the reply is done.
+struct Ahead<'a> {
+    readahead: &'a Arc<ReadAhead>,
+    dirs: Option<Vec<(u64, Obj)>>,
+}
+
+impl<'a> Ahead<'a> {
+    fn new(readahead: &'a Arc<ReadAhead>, walking: bool) -> Ahead<'a> {
+        Ahead {
+            readahead,
+            dirs: walking.then(Vec::new),
+        }
+    }
+
+    fn push(&mut self, dir: &Obj) {
+        if let Some(d) = &mut self.dirs {
+            d.push((dir.ino, dir.clone()));
+        }
+    }
+}
+
+impl Drop for Ahead<'_> {
+    fn drop(&mut self) {
+        if let Some(d) = self.dirs.take() {
+            self.readahead.queue(d);
+        }
     }
 }

@@ -43,13 +43,26 @@ impl DirFdCache {
                 return union.dir_cursor_on(dir, fds);
             }
         }
-        let fds = Arc::new(union.dir_fds(dir));
-        let per_entry = fds.capacity().max(1);
-        if self.map.len() * per_entry >= MAX_FDS {
-            self.evict();
-        }
-        if (self.map.len() + 1) * per_entry <= MAX_FDS {
-            self.map.insert(ino, fds.clone());
+        self.cursor_on(union, ino, dir, Arc::new(union.dir_fds(dir)))
+    }
+
+    /// A lookup cursor in `dir` (node `ino`) on `fds` (opened for it elsewhere), which
+    /// are kept for it from now on.
+    pub(crate) fn cursor_on(
+        &self,
+        union: &Union,
+        ino: u64,
+        dir: &Obj,
+        fds: Arc<DirFds>,
+    ) -> DirCursor {
+        if !self.max_age.is_zero() {
+            let per_entry = fds.capacity().max(1);
+            if self.map.len() * per_entry >= MAX_FDS {
+                self.evict();
+            }
+            if (self.map.len() + 1) * per_entry <= MAX_FDS {
+                self.map.insert(ino, fds.clone());
+            }
         }
         union.dir_cursor_on(dir, fds)
     }

@@ -19,12 +19,16 @@ impl UnionFs {
     /// data goes through this mount (the kernel sees it) or through a stack change
     /// (which invalidates), as on a local filesystem.
     pub(super) fn do_open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _gate = self.union.op_guard();
+        let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        // An open for reading changes nothing (it never copies up).
+        let _gate = if writes {
+            self.union.op_guard()
+        } else {
+            self.union.read_guard()
+        };
         let r = (|| {
             let node = self.node(ino)?;
             let obj = self.current(&node)?;
-            let writes =
-                flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
             if writes {
                 self.passthrough_allows_write(ino.0, &obj)?;
             }
@@ -108,7 +112,7 @@ impl UnionFs {
     }
 
     pub(super) fn do_fsync(&self, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let _gate = self.union.op_guard();
+        let _gate = self.union.read_guard();
         match self
             .fd_for(fh, true)
             .and_then(|fd| crate::core::sys_fsync(fd.as_fd(), datasync).map_err(io_err))

@@ -38,6 +38,11 @@ pub(crate) struct Listing {
 }
 
 impl Listing {
+    /// How many entries it has.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     pub(crate) fn new(entries: Vec<DirEntry>) -> Listing {
         let mut entries: Vec<(u64, DirEntry)> =
             entries.into_iter().map(|e| (cookie(&e.name), e)).collect();

@@ -14,6 +14,7 @@ mod listing;
 mod nodes;
 pub mod passthrough;
 mod plumbing;
+mod readahead;
 
 pub use control::Control;
 pub use passthrough::PassthroughMode;
@@ -49,6 +50,8 @@ pub struct UnionFs {
     listings: dashmap::DashMap<u64, Arc<listing::Listing>>,
     /// Branch directory fds of the directories looked in lately.
     dir_fds: Arc<dirfds::DirFdCache>,
+    /// Listings of subdirectories read ahead during a tree walk.
+    readahead: Arc<readahead::ReadAhead>,
     file_lookups: dir::FileLookups,
     ttl: Ttls,
     passthrough: Arc<passthrough::PassthroughTable<fuser::BackingId>>,
@@ -108,7 +111,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _gate = self.union.op_guard();
+        let _gate = self.union.read_guard();
         let r = self.node(parent).and_then(|p| {
             let a = self.do_lookup(&self.current(&p)?, name)?;
             if a.kind != fuser::FileType::Directory {
@@ -127,6 +130,7 @@ impl fuser::Filesystem for UnionFs {
         if self.nodes.get(ino.0).is_none() {
             self.listings.remove(&ino.0);
             self.dir_fds.forget(ino.0);
+            self.readahead.forget(ino.0);
         }
         // After a large eviction give the freed node memory back to the system.
         static FORGOTTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -139,7 +143,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _gate = self.union.op_guard();
+        let _gate = self.union.read_guard();
         let r = (|| {
             let node = self.node(ino)?;
             let obj = self.current(&node)?;
@@ -203,7 +207,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _gate = self.union.op_guard();
+        let _gate = self.union.read_guard();
         match self
             .node(ino)
             .and_then(|n| self.union.readlink(&self.current(&n)?).map_err(err))
@@ -461,7 +465,7 @@ impl fuser::Filesystem for UnionFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        let _gate = self.union.op_guard();
+        let _gate = self.union.read_guard();
         self.do_readdir(ino, offset, reply);
     }
 
@@ -473,7 +477,7 @@ impl fuser::Filesystem for UnionFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        let _gate = self.union.op_guard();
+        let _gate = self.union.read_guard();
         self.do_readdirplus(ino, offset, reply);
     }
 
@@ -500,7 +504,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _gate = self.union.op_guard();
+        let _gate = self.union.read_guard();
         match self.union.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -542,7 +546,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _gate = self.union.op_guard();
+        let _gate = self.union.read_guard();
         match self
             .node(ino)
             .and_then(|n| self.union.getxattr(&self.current(&n)?, name).map_err(err))
@@ -554,7 +558,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _gate = self.union.op_guard();
+        let _gate = self.union.read_guard();
         match self
             .node(ino)
             .and_then(|n| self.union.listxattr(&self.current(&n)?).map_err(err))
@@ -588,7 +592,7 @@ impl fuser::Filesystem for UnionFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _gate = self.union.op_guard();
+        let _gate = self.union.read_guard();
         // The kernel checks permissions itself (default_permissions); this only tells
         // whether the object still exists.
         match self.node(ino) {

@@ -24,12 +24,16 @@ impl UnionFs {
     pub fn new(union: Arc<Union>, ttl: Ttls) -> Result<UnionFs, CoreError> {
         let root = union.root()?;
         Ok(UnionFs {
-            union,
+            union: union.clone(),
             nodes: Arc::new(NodeTable::new(root)),
             handles: Arc::new(HandleTable::new()),
             listings: dashmap::DashMap::new(),
             file_lookups: super::dir::FileLookups::new(),
             dir_fds: Arc::new(super::dirfds::DirFdCache::new(ttl.entry)),
+            readahead: Arc::new(super::readahead::ReadAhead::new(
+                union.clone(),
+                ttl.entry.min(std::time::Duration::from_secs(1)),
+            )),
             ttl,
             passthrough: Arc::new(PassthroughTable::new(PassthroughMode::Auto)),
         })
@@ -38,6 +42,17 @@ impl UnionFs {
     /// Sets `-o passthrough=` (before mounting).
     pub fn with_passthrough(mut self, mode: PassthroughMode) -> UnionFs {
         self.passthrough = Arc::new(PassthroughTable::new(mode));
+        self
+    }
+
+    /// Sets `-o dir_readahead=` (before mounting).
+    pub fn with_dir_readahead(mut self, on: bool) -> UnionFs {
+        if !on {
+            self.readahead = Arc::new(super::readahead::ReadAhead::new(
+                self.union.clone(),
+                std::time::Duration::ZERO,
+            ));
+        }
         self
     }
 
@@ -216,7 +231,7 @@ impl UnionFs {
         if !for_write && !f.writable {
             // A reader follows the file to its copy, so all opens see the same data.
             if let Some(node) = self.nodes.get(f.ino) {
-                let _gate = self.union.op_guard();
+                let _gate = self.union.read_guard();
                 let obj = self.current(&node)?;
                 let now = self.location(&obj);
                 let mut on = f.opened_on.lock();

@@ -1,0 +1,387 @@
+//! Directory readahead: while a tree walk (find, du, `ls -R`, git status) lists one
+//! directory after another, the subdirectories each listing shows are merged ahead on a
+//! thread of their own, so that the walk's READDIRPLUS of each finds its listing taken.
+//! The walk's CPU then does the transport and the reply while another CPU lists.
+//!
+//! A walk is two listings begun less than [`WALK_GAP`] apart; a lone `ls` reads nothing
+//! ahead. Subdirectories are read in the order a depth-first walk visits them: those of
+//! the latest listing first, in listing order.
+//!
+//! A listing taken ahead serves only if no operation that may change the tree started
+//! through the mount since it was taken, or was in flight then
+//! ([`Union::quiet_changes`]); if its directory's layers and the stack are still what
+//! they were ([`DirFds::fits`]); and if it is younger than the entry timeout, so that a
+//! change behind the union's back shows as soon as it would for a cached name.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::{DashMap, DashSet};
+use parking_lot::{Condvar, Mutex};
+
+use super::listing::Listing;
+use crate::core::{DirFds, Obj, Union};
+
+/// Two listings begun at most this far apart are a walk.
+const WALK_GAP: Duration = Duration::from_millis(50);
+/// Directories waiting to be read ahead, at most (the oldest are dropped).
+const MAX_QUEUED: usize = 64;
+/// Listings read ahead and not yet used, at most (each holds its fds).
+const MAX_READY: usize = 64;
+/// Entries those listings hold in all, at most.
+const MAX_READY_ENTRIES: usize = 64 * 1024;
+/// Directories remembered as listed by the walk, at most (then forgotten at once).
+const MAX_LISTED: usize = 16 * 1024;
+
+/// A listing read ahead.
+pub(super) struct Ahead {
+    pub(super) list: Arc<Listing>,
+    /// The fds it was read on, for the lookups of the reply.
+    pub(super) fds: Arc<DirFds>,
+    changes: u64,
+}
+
+/// How many listings were read ahead, and how many of those served.
+#[derive(Default)]
+pub(super) struct AheadStats {
+    pub(super) read: AtomicU64,
+    pub(super) used: AtomicU64,
+}
+
+pub(super) struct ReadAhead {
+    union: Arc<Union>,
+    /// How long a listing read ahead may serve (zero: no readahead).
+    max_age: Duration,
+    start: Instant,
+    /// When the latest listing began: microseconds since `start`, plus one (0: never).
+    last_scan: AtomicU64,
+    queue: Mutex<VecDeque<(u64, Obj)>>,
+    wake: Condvar,
+    ready: DashMap<u64, Ahead>,
+    ready_entries: AtomicU64,
+    /// Directories the walk listed lately (not to be read ahead again).
+    listed: DashSet<u64>,
+    thread: AtomicBool,
+    /// The thread waits for work or room.
+    waiting: AtomicBool,
+    pub(super) stats: AheadStats,
+}
+
+impl ReadAhead {
+    pub(super) fn new(union: Arc<Union>, max_age: Duration) -> ReadAhead {
+        ReadAhead {
+            union,
+            max_age,
+            start: Instant::now(),
+            last_scan: AtomicU64::new(0),
+            queue: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            ready: DashMap::new(),
+            ready_entries: AtomicU64::new(0),
+            listed: DashSet::new(),
+            thread: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
+            stats: AheadStats::default(),
+        }
+    }
+
+    /// A listing of a directory begins: whether it is part of a walk (its
+    /// subdirectories are then worth reading ahead).
+    pub(super) fn scan_begins(&self) -> bool {
+        if self.max_age.is_zero() {
+            return false;
+        }
+        let now = self.start.elapsed().as_micros() as u64 + 1;
+        let last = self.last_scan.swap(now, Ordering::Relaxed);
+        last != 0 && now.saturating_sub(last) < WALK_GAP.as_micros() as u64
+    }
+
+    /// The listing of `ino` read ahead, if it still serves for `dir`. Either way the
+    /// walk now lists `ino` itself, so it is not read ahead again.
+    pub(super) fn take(&self, ino: u64, dir: &Obj) -> Option<Ahead> {
+        if self.max_age.is_zero() {
+            return None;
+        }
+        if self.listed.len() >= MAX_LISTED {
+            self.listed.clear();
+        }
+        self.listed.insert(ino);
+        let Some((_, a)) = self.ready.remove(&ino) else {
+            self.queue.lock().retain(|(i, _)| *i != ino);
+            return None;
+        };
+        self.ready_entries
+            .fetch_sub(a.list.len() as u64, Ordering::Relaxed);
+        // Room again: the thread refills from half full (woken for each one, it would
+        // cost the walk a wakeup per directory). The queue's lock orders this with its
+        // check for room before it waits.
+        if self.ready.len() <= MAX_READY / 2 {
+            let q = self.queue.lock();
+            if !q.is_empty() {
+                self.notify();
+            }
+        }
+        let serves =
+            self.union.unchanged_since(a.changes) && a.fds.fits(&self.union, dir, self.max_age);
+        if serves {
+            self.stats.used.fetch_add(1, Ordering::Relaxed);
+        }
+        serves.then_some(a)
+    }
+
+    /// Whether `ino` is read ahead, or was listed by the walk lately.
+    fn known(&self, ino: u64) -> bool {
+        self.ready.contains_key(&ino) || self.listed.contains(&ino)
+    }
+
+    /// Reads `dirs` ahead (node number, directory), before anything queued earlier.
+    pub(super) fn queue(self: &Arc<Self>, dirs: Vec<(u64, Obj)>) {
+        if dirs.is_empty() {
+            return;
+        }
+        let dirs: Vec<_> = dirs.into_iter().filter(|(i, _)| !self.known(*i)).collect();
+        if dirs.is_empty() {
+            return;
+        }
+        self.push_front(dirs);
+        if !self.thread.swap(true, Ordering::AcqRel) {
+            let me = self.clone();
+            let started = std::thread::Builder::new()
+                .name("unionfs-readahead".into())
+                .spawn(move || me.serve());
+            if let Err(e) = started {
+                tracing::debug!("no readahead thread: {e}");
+                self.queue.lock().clear();
+                return;
+            }
+        }
+        self.notify();
+    }
+
+    /// Wakes the thread if it waits.
+    fn notify(&self) {
+        if self.waiting.load(Ordering::Acquire) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Queues `dirs` before everything else, in their order.
+    fn push_front(&self, dirs: Vec<(u64, Obj)>) {
+        let mut q = self.queue.lock();
+        for d in dirs.into_iter().rev() {
+            q.push_front(d);
+        }
+        q.truncate(MAX_QUEUED);
+    }
+
+    /// Drops what was read ahead for `ino` (the kernel forgot it).
+    pub(super) fn forget(&self, ino: u64) {
+        if let Some((_, a)) = self.ready.remove(&ino) {
+            self.ready_entries
+                .fetch_sub(a.list.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops everything read ahead (a stack change or `ctl refresh`).
+    pub(super) fn clear(&self) {
+        self.queue.lock().clear();
+        self.listed.clear();
+        self.ready.clear();
+        self.ready_entries.store(0, Ordering::Relaxed);
+    }
+
+    /// The thread: reads queued directories, depth first (the subdirectories of each
+    /// before the rest of the queue, as the walk will visit them), while there is room
+    /// for their listings; until the mount is gone (it then holds the last reference).
+    fn serve(self: Arc<Self>) {
+        loop {
+            let next = {
+                let mut q = self.queue.lock();
+                loop {
+                    if !q.is_empty() && self.room() {
+                        break q.pop_front();
+                    }
+                    if Arc::strong_count(&self) == 1 {
+                        break None;
+                    }
+                    // (Set under the queue's lock, which `notify`'s callers' pushes take.)
+                    self.waiting.store(true, Ordering::Release);
+                    self.wake.wait_for(&mut q, Duration::from_secs(1));
+                    self.waiting.store(false, Ordering::Release);
+                }
+            };
+            let Some((ino, dir)) = next else { return };
+            let below = self.read(ino, &dir);
+            if !below.is_empty() {
+                self.push_front(below);
+            }
+        }
+    }
+
+    /// Whether another listing read ahead fits, after dropping those too old to serve.
+    fn room(&self) -> bool {
+        let full = || {
+            self.ready.len() >= MAX_READY
+                || self.ready_entries.load(Ordering::Relaxed) as usize >= MAX_READY_ENTRIES
+        };
+        if full() {
+            self.ready.retain(|_, a| {
+                let young = a.fds.young(self.max_age);
+                if !young {
+                    self.ready_entries
+                        .fetch_sub(a.list.len() as u64, Ordering::Relaxed);
+                }
+                young
+            });
+        }
+        !full()
+    }
+
+    /// Reads `dir` (node `ino`) ahead; returns its subdirectories, in listing order.
+    fn read(&self, ino: u64, dir: &Obj) -> Vec<(u64, Obj)> {
+        if self.known(ino) {
+            return Vec::new();
+        }
+        // A change in flight may be half done: what the directory shows now need not
+        // be what it shows once the change is done.
+        let Some(changes) = self.union.quiet_changes() else {
+            return Vec::new();
+        };
+        // (No gate: a stack change meanwhile fails `fits`, and counts as a change.)
+        let fds = Arc::new(self.union.dir_fds(dir));
+        let mut cursor = self.union.dir_cursor_on(dir, fds.clone());
+        let Ok(entries) = self.union.readdir_in(&cursor) else {
+            return Vec::new();
+        };
+        let list = Arc::new(Listing::new(entries));
+        let below: Vec<_> = list
+            .after(0)
+            .filter(|(_, e)| e.d_type == libc::DT_DIR)
+            .take(MAX_QUEUED)
+            .filter_map(|(_, e)| cursor.lookup(&e.name).ok())
+            .filter(|c| c.is_dir() && !self.known(c.ino))
+            .map(|c| (c.ino, c))
+            .collect();
+        self.ready_entries
+            .fetch_add(list.len() as u64, Ordering::Relaxed);
+        self.stats.read.fetch_add(1, Ordering::Relaxed);
+        self.ready.insert(ino, Ahead { list, fds, changes });
+        below
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::create::NewKind;
+    use crate::core::testutil::*;
+    use crate::core::FormatChoice;
+
+    fn sorted_names(l: &Listing) -> Vec<String> {
+        let mut v: Vec<_> = l
+            .after(0)
+            .map(|(_, e)| e.name.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Waits until the thread has read `n` listings ahead and waits for more work.
+    fn settle(ra: &ReadAhead, n: u64) {
+        let t0 = Instant::now();
+        while ra.stats.read.load(Ordering::Relaxed) < n
+            || !ra.waiting.load(Ordering::Acquire)
+            || !ra.queue.lock().is_empty()
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{} read ahead, {n} expected",
+                ra.stats.read.load(Ordering::Relaxed)
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn tree() -> Tree {
+        let t = Tree::new(&["rw", "ro"]);
+        t.dir("ro", "d/a/deep");
+        t.dir("ro", "d/b");
+        t.file("ro", "d/a/f", "x");
+        t
+    }
+
+    #[test]
+    fn a_walk_reads_the_tree_below_ahead_until_something_changes() {
+        let t = tree();
+        // Already in the rw branch: the change below moves no directory up.
+        t.dir("rw", "d/b");
+        let u = Arc::new(t.union(FormatChoice::Wh));
+        let ra = Arc::new(ReadAhead::new(u.clone(), Duration::from_secs(10)));
+        assert!(!ra.scan_begins(), "a first listing is no walk");
+        assert!(ra.scan_begins(), "a second one right after it is");
+        let d = lookup_path(&u, "d");
+        ra.queue(vec![(d.ino, d.clone())]);
+        // d, and below it a, a/deep and b.
+        settle(&ra, 4);
+        let a = lookup_path(&u, "d/a");
+        let got = ra.take(a.ino, &a).expect("d/a was read ahead");
+        assert_eq!(sorted_names(&got.list), ["deep", "f"]);
+        assert_eq!(ra.stats.used.load(Ordering::Relaxed), 1);
+        // A change through the union: nothing read ahead before it serves.
+        {
+            let _change = u.op_guard();
+            let b = lookup_path(&u, "d/b");
+            let file = NewKind::File {
+                flags: libc::O_WRONLY,
+            };
+            u.create(&b, os("new"), 0o644, file, caller()).unwrap();
+        }
+        let b = lookup_path(&u, "d/b");
+        assert_eq!(b.layers.len(), 2);
+        assert!(ra.take(b.ino, &b).is_none(), "d/b read before the change");
+        assert!(ra.take(d.ino, &d).is_none(), "d read before the change");
+        assert_eq!(ra.stats.used.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn nothing_is_read_ahead_while_a_change_is_in_flight() {
+        let t = tree();
+        let u = Arc::new(t.union(FormatChoice::Wh));
+        let ra = Arc::new(ReadAhead::new(u.clone(), Duration::from_secs(10)));
+        let d = lookup_path(&u, "d");
+        let change = u.op_guard();
+        ra.queue(vec![(d.ino, d.clone())]);
+        settle(&ra, 0);
+        assert_eq!(ra.stats.read.load(Ordering::Relaxed), 0);
+        drop(change);
+        assert!(ra.take(d.ino, &d).is_none());
+    }
+
+    #[test]
+    fn a_directory_whose_layers_changed_behind_the_union_is_listed_afresh() {
+        let t = tree();
+        let u = Arc::new(t.union(FormatChoice::Wh));
+        let ra = Arc::new(ReadAhead::new(u.clone(), Duration::from_secs(10)));
+        let b = lookup_path(&u, "d/b");
+        ra.queue(vec![(b.ino, b.clone())]);
+        settle(&ra, 1);
+        // d/b appears in the rw branch too (not through the union).
+        t.dir("rw", "d/b");
+        t.file("rw", "d/b/up", "x");
+        let now = lookup_path(&u, "d/b");
+        assert_eq!(now.layers.len(), 2);
+        assert!(ra.take(now.ino, &now).is_none());
+    }
+
+    #[test]
+    fn off_reads_nothing_ahead() {
+        let t = tree();
+        let u = Arc::new(t.union(FormatChoice::Wh));
+        let ra = Arc::new(ReadAhead::new(u.clone(), Duration::ZERO));
+        assert!(!ra.scan_begins() && !ra.scan_begins());
+        let d = lookup_path(&u, "d");
+        assert!(ra.take(d.ino, &d).is_none());
+    }
+}
