@@ -329,3 +329,44 @@ fn with_dir_readahead_off_a_walk_reads_nothing_ahead() {
     assert_eq!(found.0.len(), 20);
     assert_eq!(read_ahead(&fx.mnt), (0, 0));
 }
+
+#[test]
+fn a_file_written_by_passthrough_after_its_directory_was_read_ahead_shows_its_new_size() {
+    use std::io::Write;
+    let Some(fx) = mount_with(&[]) else { return };
+    fs::create_dir_all(fx.low.join("t/d/s")).unwrap();
+    fs::write(fx.low.join("t/d/s/low"), "x").unwrap();
+    fs::create_dir_all(fx.up.join("t/d/s")).unwrap();
+    fs::write(fx.up.join("t/d/s/f"), "").unwrap();
+    // A writer the kernel serves itself: its writes send the daemon no request.
+    let mut w = fs::OpenOptions::new()
+        .write(true)
+        .open(fx.mnt.join("t/d/s/f"))
+        .unwrap();
+    assert!(
+        stats(&fx.mnt)["passthrough_opens"].as_u64().unwrap() >= 1,
+        "no passthrough here"
+    );
+    // A walk that stats files (as du does): the listings read ahead look files up too.
+    fs::symlink_metadata(fx.mnt.join("t/d/s/low")).unwrap();
+    names(&fx.mnt.join("t"));
+    names(&fx.mnt.join("t/d"));
+    assert!(
+        crate::util::wait_until(std::time::Duration::from_secs(5), || read_ahead(&fx.mnt).0
+            >= 1),
+        "nothing read ahead"
+    );
+    w.write_all(&[7u8; 100]).unwrap();
+    let used = read_ahead(&fx.mnt).1;
+    assert_eq!(sorted(names(&fx.mnt.join("t/d/s"))), ["f", "low"]);
+    assert_eq!(
+        read_ahead(&fx.mnt).1,
+        used + 1,
+        "the listing read ahead served"
+    );
+    // Its attributes for f would be from before the write.
+    assert_eq!(
+        fs::symlink_metadata(fx.mnt.join("t/d/s/f")).unwrap().len(),
+        100
+    );
+}

@@ -236,7 +236,8 @@ impl Stack {
         &self.branches[i as usize]
     }
 
-    fn is_rw(&self, i: u16) -> bool {
+    /// Whether branch `i` is read-write.
+    pub fn is_rw(&self, i: u16) -> bool {
         self.branch(i).is_rw()
     }
 

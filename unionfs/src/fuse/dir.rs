@@ -11,6 +11,8 @@
 //! `ls -l` going on). An entry without attributes costs the kernel no inode, and the
 //! daemon no lookup where the listing tells its number.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,9 +20,13 @@ use std::time::{Duration, Instant};
 use fuser::{Errno, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
 
 use super::listing::{Listing, AFTER_DOT, AFTER_DOTDOT, END};
-use super::readahead::ReadAhead;
+use super::readahead::{Job, ReadAhead};
 use super::{attr, err, Res, UnionFs};
 use crate::core::{DirCursor, Obj};
+
+/// A scan's directory, its listing, a lookup cursor on the fds the listing used, and the
+/// entries already looked up (by the readahead).
+type Scan = (Obj, Arc<Listing>, DirCursor, HashMap<OsString, Obj>);
 
 /// When files were last looked up one by one (see the module comment).
 pub(super) struct FileLookups {
@@ -75,7 +81,7 @@ impl UnionFs {
 
     /// The directory, the listing to continue from `offset` in, and a lookup cursor on
     /// the fds the listing used.
-    fn listing(&self, ino: INodeNo, offset: u64) -> Res<(Obj, Arc<Listing>, DirCursor)> {
+    fn listing(&self, ino: INodeNo, offset: u64) -> Res<Scan> {
         let node = self.node(ino)?;
         let obj = self.current(&node)?;
         if !obj.is_dir() {
@@ -84,17 +90,17 @@ impl UnionFs {
         if offset != 0 {
             if let Some(l) = self.listings.get(&ino.0) {
                 let cursor = self.cursor(&obj);
-                return Ok((obj, l.clone(), cursor));
+                return Ok((obj, l.clone(), cursor, HashMap::new()));
             }
         } else if let Some(a) = self.readahead.take(ino.0, &obj) {
             let cursor = self.dir_fds.cursor_on(&self.union, ino.0, &obj, a.fds);
             self.listings.insert(ino.0, a.list.clone());
-            return Ok((obj, a.list, cursor));
+            return Ok((obj, a.list, cursor, a.found));
         }
         let cursor = self.cursor(&obj);
         let list = Arc::new(Listing::new(self.union.readdir_in(&cursor).map_err(err)?));
         self.listings.insert(ino.0, list.clone());
-        Ok((obj, list, cursor))
+        Ok((obj, list, cursor, HashMap::new()))
     }
 
     /// The scan of `list` reached its end.
@@ -106,7 +112,7 @@ impl UnionFs {
         if offset == END {
             return reply.ok();
         }
-        let (obj, list, mut cursor) = match self.listing(ino, offset) {
+        let (obj, list, mut cursor, _) = match self.listing(ino, offset) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
@@ -140,7 +146,8 @@ impl UnionFs {
         if offset == END {
             return reply.ok();
         }
-        let (obj, list, mut cursor) = match self.listing(ino, offset) {
+        // Entries the readahead looked up already (first call of a scan only).
+        let (obj, list, mut cursor, mut found) = match self.listing(ino, offset) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
@@ -177,7 +184,8 @@ impl UnionFs {
         let with_attrs =
             node.as_ref().is_some_and(|n| n.files_looked_up()) || self.file_lookups.lately();
         // In a walk, the subdirectories this reply shows are listed next: read them ahead.
-        let mut ahead = Ahead::new(&self.readahead, offset == 0 && self.readahead.scan_begins());
+        let walking = offset == 0 && self.readahead.scan_begins();
+        let mut ahead = Ahead::new(&self.readahead, walking, with_attrs);
         for (next, e) in list.after(offset) {
             if let (false, Some(ino)) = (with_attrs, e.ino) {
                 let kind = attr::file_type_of_dtype(e.d_type);
@@ -186,8 +194,12 @@ impl UnionFs {
                 }
                 continue;
             }
-            let Ok(child) = cursor.lookup(&e.name) else {
-                continue;
+            let child = match found.remove(&e.name) {
+                Some(c) => c,
+                None => match cursor.lookup(&e.name) {
+                    Ok(c) => c,
+                    Err(_) => continue,
+                },
             };
             let Ok(a) = self.attr_of(&child, &child.st) else {
                 continue;
@@ -221,20 +233,27 @@ impl UnionFs {
 /// Subdirectories a reply shows, queued for readahead when the reply is done.
 struct Ahead<'a> {
     readahead: &'a Arc<ReadAhead>,
-    dirs: Option<Vec<(u64, Obj)>>,
+    dirs: Option<Vec<Job>>,
+    /// Whether the walk looks files up too.
+    files: bool,
 }
 
 impl<'a> Ahead<'a> {
-    fn new(readahead: &'a Arc<ReadAhead>, walking: bool) -> Ahead<'a> {
+    fn new(readahead: &'a Arc<ReadAhead>, walking: bool, files: bool) -> Ahead<'a> {
         Ahead {
             readahead,
             dirs: walking.then(Vec::new),
+            files,
         }
     }
 
     fn push(&mut self, dir: &Obj) {
         if let Some(d) = &mut self.dirs {
-            d.push((dir.ino, dir.clone()));
+            d.push(Job {
+                ino: dir.ino,
+                dir: dir.clone(),
+                files: self.files,
+            });
         }
     }
 }

@@ -13,7 +13,8 @@
 //! they were ([`DirFds::fits`]); and if it is younger than the entry timeout, so that a
 //! change behind the union's back shows as soon as it would for a cached name.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ const MAX_QUEUED: usize = 64;
 /// Listings read ahead and not yet used, at most (each holds its fds).
 const MAX_READY: usize = 64;
 /// Entries those listings hold in all, at most.
-const MAX_READY_ENTRIES: usize = 64 * 1024;
+const MAX_READY_ENTRIES: usize = 16 * 1024;
 /// Directories remembered as listed by the walk, at most (then forgotten at once).
 const MAX_LISTED: usize = 16 * 1024;
 
@@ -40,7 +41,19 @@ pub(super) struct Ahead {
     pub(super) list: Arc<Listing>,
     /// The fds it was read on, for the lookups of the reply.
     pub(super) fds: Arc<DirFds>,
+    /// Its entries looked up as well: the subdirectories, and if the walk looks files
+    /// up too (du, `ls -lR`) the files of read-only branches.
+    pub(super) found: HashMap<OsString, Obj>,
     changes: u64,
+}
+
+/// A directory to read ahead.
+pub(super) struct Job {
+    /// Its node number.
+    pub(super) ino: u64,
+    pub(super) dir: Obj,
+    /// Whether to look its files up as well.
+    pub(super) files: bool,
 }
 
 /// How many listings were read ahead, and how many of those served.
@@ -57,7 +70,7 @@ pub(super) struct ReadAhead {
     start: Instant,
     /// When the latest listing began: microseconds since `start`, plus one (0: never).
     last_scan: AtomicU64,
-    queue: Mutex<VecDeque<(u64, Obj)>>,
+    queue: Mutex<VecDeque<Job>>,
     wake: Condvar,
     ready: DashMap<u64, Ahead>,
     ready_entries: AtomicU64,
@@ -109,7 +122,7 @@ impl ReadAhead {
         }
         self.listed.insert(ino);
         let Some((_, a)) = self.ready.remove(&ino) else {
-            self.queue.lock().retain(|(i, _)| *i != ino);
+            self.queue.lock().retain(|j| j.ino != ino);
             return None;
         };
         self.ready_entries
@@ -136,12 +149,12 @@ impl ReadAhead {
         self.ready.contains_key(&ino) || self.listed.contains(&ino)
     }
 
-    /// Reads `dirs` ahead (node number, directory), before anything queued earlier.
-    pub(super) fn queue(self: &Arc<Self>, dirs: Vec<(u64, Obj)>) {
+    /// Reads `dirs` ahead, before anything queued earlier.
+    pub(super) fn queue(self: &Arc<Self>, dirs: Vec<Job>) {
         if dirs.is_empty() {
             return;
         }
-        let dirs: Vec<_> = dirs.into_iter().filter(|(i, _)| !self.known(*i)).collect();
+        let dirs: Vec<_> = dirs.into_iter().filter(|j| !self.known(j.ino)).collect();
         if dirs.is_empty() {
             return;
         }
@@ -168,7 +181,7 @@ impl ReadAhead {
     }
 
     /// Queues `dirs` before everything else, in their order.
-    fn push_front(&self, dirs: Vec<(u64, Obj)>) {
+    fn push_front(&self, dirs: Vec<Job>) {
         let mut q = self.queue.lock();
         for d in dirs.into_iter().rev() {
             q.push_front(d);
@@ -212,8 +225,8 @@ impl ReadAhead {
                     self.waiting.store(false, Ordering::Release);
                 }
             };
-            let Some((ino, dir)) = next else { return };
-            let below = self.read(ino, &dir);
+            let Some(job) = next else { return };
+            let below = self.read(&job);
             if !below.is_empty() {
                 self.push_front(below);
             }
@@ -239,8 +252,9 @@ impl ReadAhead {
         !full()
     }
 
-    /// Reads `dir` (node `ino`) ahead; returns its subdirectories, in listing order.
-    fn read(&self, ino: u64, dir: &Obj) -> Vec<(u64, Obj)> {
+    /// Reads a directory ahead; returns its subdirectories, in listing order.
+    fn read(&self, job: &Job) -> Vec<Job> {
+        let (ino, dir) = (job.ino, &job.dir);
         if self.known(ino) {
             return Vec::new();
         }
@@ -256,18 +270,42 @@ impl ReadAhead {
             return Vec::new();
         };
         let list = Arc::new(Listing::new(entries));
-        let below: Vec<_> = list
-            .after(0)
-            .filter(|(_, e)| e.d_type == libc::DT_DIR)
-            .take(MAX_QUEUED)
-            .filter_map(|(_, e)| cursor.lookup(&e.name).ok())
-            .filter(|c| c.is_dir() && !self.known(c.ino))
-            .map(|c| (c.ino, c))
-            .collect();
+        let stack = self.union.stack();
+        let mut found = HashMap::new();
+        let mut below = Vec::new();
+        for (_, e) in list.after(0) {
+            let is_dir = e.d_type == libc::DT_DIR;
+            if !is_dir && !job.files {
+                continue;
+            }
+            let Ok(child) = cursor.lookup(&e.name) else {
+                continue;
+            };
+            if child.is_dir() && below.len() < MAX_QUEUED && !self.known(child.ino) {
+                below.push(Job {
+                    ino: child.ino,
+                    dir: child.clone(),
+                    files: job.files,
+                });
+            }
+            // A file on a rw branch may have passthrough writers, whose writes change
+            // its size and times without a request: it is looked up at reply time.
+            if child.is_dir() || !stack.is_rw(child.layers[0]) {
+                found.insert(e.name.clone(), child);
+            }
+        }
         self.ready_entries
             .fetch_add(list.len() as u64, Ordering::Relaxed);
         self.stats.read.fetch_add(1, Ordering::Relaxed);
-        self.ready.insert(ino, Ahead { list, fds, changes });
+        self.ready.insert(
+            ino,
+            Ahead {
+                list,
+                fds,
+                found,
+                changes,
+            },
+        );
         below
     }
 }
@@ -278,6 +316,7 @@ mod tests {
     use crate::core::create::NewKind;
     use crate::core::testutil::*;
     use crate::core::FormatChoice;
+    use std::ffi::OsStr;
 
     fn sorted_names(l: &Listing) -> Vec<String> {
         let mut v: Vec<_> = l
@@ -322,12 +361,25 @@ mod tests {
         assert!(!ra.scan_begins(), "a first listing is no walk");
         assert!(ra.scan_begins(), "a second one right after it is");
         let d = lookup_path(&u, "d");
-        ra.queue(vec![(d.ino, d.clone())]);
+        ra.queue(vec![Job {
+            ino: d.ino,
+            dir: d.clone(),
+            files: true,
+        }]);
         // d, and below it a, a/deep and b.
         settle(&ra, 4);
         let a = lookup_path(&u, "d/a");
         let got = ra.take(a.ino, &a).expect("d/a was read ahead");
         assert_eq!(sorted_names(&got.list), ["deep", "f"]);
+        // Looked up too (files as well: the walk asked for them).
+        let mut found: Vec<_> = got.found.keys().cloned().collect();
+        found.sort();
+        assert_eq!(found, ["deep", "f"]);
+        let (f, want) = (&got.found[OsStr::new("f")], lookup_path(&u, "d/a/f"));
+        assert_eq!(
+            (f.ino, &f.path, &f.layers),
+            (want.ino, &want.path, &want.layers)
+        );
         assert_eq!(ra.stats.used.load(Ordering::Relaxed), 1);
         // A change through the union: nothing read ahead before it serves.
         {
@@ -352,7 +404,11 @@ mod tests {
         let ra = Arc::new(ReadAhead::new(u.clone(), Duration::from_secs(10)));
         let d = lookup_path(&u, "d");
         let change = u.op_guard();
-        ra.queue(vec![(d.ino, d.clone())]);
+        ra.queue(vec![Job {
+            ino: d.ino,
+            dir: d.clone(),
+            files: true,
+        }]);
         settle(&ra, 0);
         assert_eq!(ra.stats.read.load(Ordering::Relaxed), 0);
         drop(change);
@@ -365,7 +421,11 @@ mod tests {
         let u = Arc::new(t.union(FormatChoice::Wh));
         let ra = Arc::new(ReadAhead::new(u.clone(), Duration::from_secs(10)));
         let b = lookup_path(&u, "d/b");
-        ra.queue(vec![(b.ino, b.clone())]);
+        ra.queue(vec![Job {
+            ino: b.ino,
+            dir: b.clone(),
+            files: true,
+        }]);
         settle(&ra, 1);
         // d/b appears in the rw branch too (not through the union).
         t.dir("rw", "d/b");
