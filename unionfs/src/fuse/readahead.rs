@@ -33,6 +33,8 @@ const MAX_QUEUED: usize = 64;
 const MAX_READY: usize = 64;
 /// Entries those listings hold in all, at most.
 const MAX_READY_ENTRIES: usize = 16 * 1024;
+/// No read ahead yet.
+const NEVER: u64 = u64::MAX;
 /// Directories remembered as listed by the walk, at most (then forgotten at once).
 const MAX_LISTED: usize = 16 * 1024;
 
@@ -79,6 +81,8 @@ pub(super) struct ReadAhead {
     thread: AtomicBool,
     /// The thread waits for work or room.
     waiting: AtomicBool,
+    /// The union's change count at the last read ahead ([`NEVER`] before the first).
+    last_changes: AtomicU64,
     pub(super) stats: AheadStats,
 }
 
@@ -96,6 +100,7 @@ impl ReadAhead {
             listed: DashSet::new(),
             thread: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
+            last_changes: AtomicU64::new(NEVER),
             stats: AheadStats::default(),
         }
     }
@@ -259,10 +264,18 @@ impl ReadAhead {
             return Vec::new();
         }
         // A change in flight may be half done: what the directory shows now need not
-        // be what it shows once the change is done.
+        // be what it shows once the change is done. And a walk that changes the tree as
+        // it goes (rm -rf, chmod -R) would make all it reads ahead stale: after a change
+        // the queue is dropped, and the next walk starts it again.
         let Some(changes) = self.union.quiet_changes() else {
+            self.queue.lock().clear();
             return Vec::new();
         };
+        let before = self.last_changes.swap(changes, Ordering::Relaxed);
+        if before != NEVER && before != changes {
+            self.queue.lock().clear();
+            return Vec::new();
+        }
         // (No gate: a stack change meanwhile fails `fits`, and counts as a change.)
         let fds = Arc::new(self.union.dir_fds(dir));
         let mut cursor = self.union.dir_cursor_on(dir, fds.clone());
@@ -395,6 +408,41 @@ mod tests {
         assert!(ra.take(b.ino, &b).is_none(), "d/b read before the change");
         assert!(ra.take(d.ino, &d).is_none(), "d read before the change");
         assert_eq!(ra.stats.used.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn after_a_change_the_queue_is_dropped_and_the_next_walk_reads_ahead_again() {
+        let t = tree();
+        let u = Arc::new(t.union(FormatChoice::Wh));
+        let ra = Arc::new(ReadAhead::new(u.clone(), Duration::from_secs(10)));
+        let b = lookup_path(&u, "d/b");
+        ra.queue(vec![Job {
+            ino: b.ino,
+            dir: b.clone(),
+            files: true,
+        }]);
+        settle(&ra, 1);
+        drop(u.op_guard());
+        let a = lookup_path(&u, "d/a");
+        ra.queue(vec![Job {
+            ino: a.ino,
+            dir: a.clone(),
+            files: true,
+        }]);
+        settle(&ra, 1);
+        assert_eq!(
+            ra.stats.read.load(Ordering::Relaxed),
+            1,
+            "read after a change"
+        );
+        // Quiet since: the walk's next listing starts it again.
+        ra.queue(vec![Job {
+            ino: a.ino,
+            dir: a.clone(),
+            files: true,
+        }]);
+        settle(&ra, 3);
+        assert!(ra.take(a.ino, &a).is_some());
     }
 
     #[test]
