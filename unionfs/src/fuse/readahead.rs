@@ -226,8 +226,12 @@ impl ReadAhead {
                     }
                     // (Set under the queue's lock, which `notify`'s callers' pushes take.)
                     self.waiting.store(true, Ordering::Release);
-                    self.wake.wait_for(&mut q, Duration::from_secs(1));
+                    let idle = self.wake.wait_for(&mut q, Duration::from_secs(1));
                     self.waiting.store(false, Ordering::Release);
+                    if idle.timed_out() {
+                        // A walk that stopped early leaves no fds held.
+                        self.prune();
+                    }
                 }
             };
             let Some(job) = next else { return };
@@ -245,16 +249,21 @@ impl ReadAhead {
                 || self.ready_entries.load(Ordering::Relaxed) as usize >= MAX_READY_ENTRIES
         };
         if full() {
-            self.ready.retain(|_, a| {
-                let young = a.fds.young(self.max_age);
-                if !young {
-                    self.ready_entries
-                        .fetch_sub(a.list.len() as u64, Ordering::Relaxed);
-                }
-                young
-            });
+            self.prune();
         }
         !full()
+    }
+
+    /// Drops the listings read ahead that are too old to serve (and their fds).
+    fn prune(&self) {
+        self.ready.retain(|_, a| {
+            let young = a.fds.young(self.max_age);
+            if !young {
+                self.ready_entries
+                    .fetch_sub(a.list.len() as u64, Ordering::Relaxed);
+            }
+            young
+        });
     }
 
     /// Reads a directory ahead; returns its subdirectories, in listing order.
@@ -274,6 +283,7 @@ impl ReadAhead {
         let before = self.last_changes.swap(changes, Ordering::Relaxed);
         if before != NEVER && before != changes {
             self.queue.lock().clear();
+            self.listed.clear();
             return Vec::new();
         }
         // (No gate: a stack change meanwhile fails `fits`, and counts as a change.)
