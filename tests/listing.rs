@@ -370,3 +370,27 @@ fn a_file_written_by_passthrough_after_its_directory_was_read_ahead_shows_its_ne
         100
     );
 }
+
+#[test]
+fn a_directory_replaced_behind_the_union_is_listed_as_it_is_now_without_attribute_caching() {
+    // Names cached for a minute, attributes not: every listing reaches the daemon, whose
+    // branch fds for the directory may be older than the directory now in the branch.
+    let Some(fx) = mount_with(&["-o", "attr_timeout=0"]) else {
+        return;
+    };
+    fs::create_dir(fx.low.join("d")).unwrap();
+    fs::write(fx.low.join("d/old"), "").unwrap();
+    let d = fx.mnt.join("d");
+    assert_eq!(names(&d), ["old"]);
+    fs::symlink_metadata(d.join("old")).unwrap();
+    fs::rename(fx.low.join("d"), fx.low.join("gone")).unwrap();
+    fs::create_dir(fx.low.join("d")).unwrap();
+    fs::write(fx.low.join("d/new"), "").unwrap();
+    // The listing reads the branch as it is now, not the directory that moved away;
+    // names in it are looked up on the old fds until the entry timeout (or
+    // a refresh), as documented, so "new" may not show yet.
+    let got = names(&d);
+    assert!(got.is_empty() || got == ["new"], "{got:?}");
+    ctl(&fx.mnt, &["refresh"]).ok();
+    assert_eq!(names(&d), ["new"]);
+}

@@ -157,10 +157,11 @@ impl DirFds {
     }
 
     /// The directory in layer position `pos` (branch `b`) opened for reading its
-    /// entries from the start, or None if it is not there. The first caller opens it
-    /// (`O_RDONLY`) into the slot, where it then serves later `*at()` calls too, so a
-    /// listing followed by lookups (readdirplus) walks the path once; a slot already
-    /// open is reopened (".") because its file position is not ours to move.
+    /// entries from the start, or None if it is not there. If the slot is not open yet,
+    /// it is opened there (`O_RDONLY`), where it then serves later `*at()` calls too, so
+    /// a listing followed by lookups (readdirplus) walks the path once. Otherwise the
+    /// path is opened afresh: a slot may be as old as the entry timeout, and a listing
+    /// shows what the branch holds now (its file position is not ours to move either).
     pub(crate) fn listing_fd(
         &self,
         stack: &Stack,
@@ -169,26 +170,23 @@ impl DirFds {
         rel: &Path,
     ) -> std::io::Result<Option<ListingFd<'_>>> {
         let slot = &self.slots[pos];
-        let read_dir = libc::O_RDONLY | libc::O_DIRECTORY;
-        if slot.get().is_none() {
-            let fd = match sys::open_beneath(stack.branch(b).fd(), rel, read_dir, 0) {
-                Ok(d) => Some(d),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-                    None
-                }
-                Err(e) => return Err(e),
-            };
-            if slot.set(fd).is_ok() {
-                return Ok(slot
-                    .get()
-                    .and_then(|fd| fd.as_ref().map(|d| ListingFd::Fresh(d.as_fd()))));
+        let open = || match sys::open_beneath(
+            stack.branch(b).fd(),
+            rel,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        ) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                Ok(None)
             }
+            Err(e) => Err(e),
+        };
+        if slot.get().is_none() && slot.set(open()?).is_ok() {
+            let fd = slot.get().and_then(|fd| fd.as_ref());
+            return Ok(fd.map(|d| ListingFd::Fresh(d.as_fd())));
         }
-        match slot.get().and_then(|fd| fd.as_ref()) {
-            Some(d) => sys::open_beneath(d.as_fd(), Path::new(""), read_dir, 0)
-                .map(|fd| Some(ListingFd::Reopened(fd))),
-            None => Ok(None),
-        }
+        Ok(open()?.map(ListingFd::Reopened))
     }
 }
 
@@ -196,7 +194,7 @@ impl DirFds {
 pub(crate) enum ListingFd<'a> {
     /// Opened just now into a slot: nobody else reads entries from it.
     Fresh(BorrowedFd<'a>),
-    /// Reopened from a slot opened before.
+    /// Opened afresh, the slot being open already.
     Reopened(OwnedFd),
 }
 

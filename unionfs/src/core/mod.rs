@@ -482,7 +482,11 @@ impl Union {
         let (branches, out) = change(&old)?;
         let new = Stack::with_format(branches, old.format, old.layers_gen() + 1);
         *self.stack.write() = Arc::new(new);
-        if let Err(e) = then(self) {
+        let done = then(self);
+        // Whatever `then` changed counts as a change too (see `Union::quiet_changes`).
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = done {
             let born = self.stack().layers_gen() + 1;
             let back = Stack::with_format(old.branches.clone(), old.format, born);
             *self.stack.write() = Arc::new(back);

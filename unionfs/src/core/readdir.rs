@@ -58,7 +58,12 @@ impl Union {
             else {
                 continue;
             };
-            let entries = sys::read_dir_fd(&fd).ctx("readdir", &dir.path)?;
+            let entries = match sys::read_dir_fd(&fd) {
+                Ok(e) => e,
+                // Removed from this branch (behind the union's back) since it was opened.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(e).ctx("readdir", &dir.path),
+            };
             let branch = stack.branch(b);
             // (A directory mounted over inside the branch is another filesystem.)
             let numbers_known = !branch.is_rw()

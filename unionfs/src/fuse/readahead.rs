@@ -31,8 +31,12 @@ const WALK_GAP: Duration = Duration::from_millis(50);
 const MAX_QUEUED: usize = 64;
 /// Listings read ahead and not yet used, at most (each holds its fds).
 const MAX_READY: usize = 64;
-/// Entries those listings hold in all, at most.
+/// Entries (listed and looked up) those listings hold in all, at most.
 const MAX_READY_ENTRIES: usize = 16 * 1024;
+/// Branch directory fds they hold, at most (the daemon's open-file limit may be 1,024).
+const MAX_READY_FDS: usize = 128;
+/// A directory with more entries than this gets only its subdirectories looked up ahead.
+const MAX_FILES_LOOKED_UP: usize = 4096;
 /// No read ahead yet.
 const NEVER: u64 = u64::MAX;
 /// Directories remembered as listed by the walk, at most (then forgotten at once).
@@ -75,7 +79,9 @@ pub(super) struct ReadAhead {
     queue: Mutex<VecDeque<Job>>,
     wake: Condvar,
     ready: DashMap<u64, Ahead>,
-    ready_entries: AtomicU64,
+    /// Entries and fds the listings in `ready` hold.
+    held_entries: AtomicU64,
+    held_fds: AtomicU64,
     /// Directories the walk listed lately (not to be read ahead again).
     listed: DashSet<u64>,
     thread: AtomicBool,
@@ -96,7 +102,8 @@ impl ReadAhead {
             queue: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
             ready: DashMap::new(),
-            ready_entries: AtomicU64::new(0),
+            held_entries: AtomicU64::new(0),
+            held_fds: AtomicU64::new(0),
             listed: DashSet::new(),
             thread: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
@@ -113,7 +120,13 @@ impl ReadAhead {
         }
         let now = self.start.elapsed().as_micros() as u64 + 1;
         let last = self.last_scan.swap(now, Ordering::Relaxed);
-        last != 0 && now.saturating_sub(last) < WALK_GAP.as_micros() as u64
+        let gap = now.saturating_sub(last);
+        if gap > self.max_age.as_micros() as u64 {
+            // A new walk, after a pause longer than anything read ahead lives: what the
+            // last one listed may be worth reading ahead again.
+            self.listed.clear();
+        }
+        last != 0 && gap < WALK_GAP.as_micros() as u64
     }
 
     /// The listing of `ino` read ahead, if it still serves for `dir`. Either way the
@@ -130,8 +143,7 @@ impl ReadAhead {
             self.queue.lock().retain(|j| j.ino != ino);
             return None;
         };
-        self.ready_entries
-            .fetch_sub(a.list.len() as u64, Ordering::Relaxed);
+        self.release(&a);
         // Room again: the thread refills from half full (woken for each one, it would
         // cost the walk a wakeup per directory). The queue's lock orders this with its
         // check for room before it waits.
@@ -197,8 +209,7 @@ impl ReadAhead {
     /// Drops what was read ahead for `ino` (the kernel forgot it).
     pub(super) fn forget(&self, ino: u64) {
         if let Some((_, a)) = self.ready.remove(&ino) {
-            self.ready_entries
-                .fetch_sub(a.list.len() as u64, Ordering::Relaxed);
+            self.release(&a);
         }
     }
 
@@ -206,8 +217,10 @@ impl ReadAhead {
     pub(super) fn clear(&self) {
         self.queue.lock().clear();
         self.listed.clear();
-        self.ready.clear();
-        self.ready_entries.store(0, Ordering::Relaxed);
+        self.ready.retain(|_, a| {
+            self.release(a);
+            false
+        });
     }
 
     /// The thread: reads queued directories, depth first (the subdirectories of each
@@ -246,7 +259,8 @@ impl ReadAhead {
     fn room(&self) -> bool {
         let full = || {
             self.ready.len() >= MAX_READY
-                || self.ready_entries.load(Ordering::Relaxed) as usize >= MAX_READY_ENTRIES
+                || self.held_entries.load(Ordering::Relaxed) as usize >= MAX_READY_ENTRIES
+                || self.held_fds.load(Ordering::Relaxed) as usize >= MAX_READY_FDS
         };
         if full() {
             self.prune();
@@ -254,13 +268,33 @@ impl ReadAhead {
         !full()
     }
 
+    /// Counts what `a` holds, as it enters `ready`.
+    fn hold(&self, a: &Ahead) {
+        let entries = (a.list.len() + a.found.len()) as u64;
+        self.held_entries.fetch_add(entries, Ordering::Relaxed);
+        self.held_fds
+            .fetch_add(a.fds.capacity() as u64, Ordering::Relaxed);
+    }
+
+    /// Stops counting what `a` holds, as it leaves `ready`. (Saturating: a `clear`
+    /// racing with a `take` may release one twice.)
+    fn release(&self, a: &Ahead) {
+        let entries = (a.list.len() + a.found.len()) as u64;
+        let sub = |c: &AtomicU64, n: u64| {
+            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+        };
+        sub(&self.held_entries, entries);
+        sub(&self.held_fds, a.fds.capacity() as u64);
+    }
+
     /// Drops the listings read ahead that are too old to serve (and their fds).
     fn prune(&self) {
         self.ready.retain(|_, a| {
             let young = a.fds.young(self.max_age);
             if !young {
-                self.ready_entries
-                    .fetch_sub(a.list.len() as u64, Ordering::Relaxed);
+                self.release(a);
             }
             young
         });
@@ -297,8 +331,8 @@ impl ReadAhead {
         let mut found = HashMap::new();
         let mut below = Vec::new();
         for (_, e) in list.after(0) {
-            let is_dir = e.d_type == libc::DT_DIR;
-            if !is_dir && !job.files {
+            let files = job.files && list.len() <= MAX_FILES_LOOKED_UP;
+            if e.d_type != libc::DT_DIR && !files {
                 continue;
             }
             let Ok(child) = cursor.lookup(&e.name) else {
@@ -312,23 +346,22 @@ impl ReadAhead {
                 });
             }
             // A file on a rw branch may have passthrough writers, whose writes change
-            // its size and times without a request: it is looked up at reply time.
-            if child.is_dir() || !stack.is_rw(child.layers[0]) {
+            // its size and times without a request: it is looked up at reply time. So is
+            // a lower hard link whose inode was copied up (its data is in the rw index).
+            if child.is_dir() || (!stack.is_rw(child.layers[0]) && child.indexed.is_none()) {
                 found.insert(e.name.clone(), child);
             }
         }
-        self.ready_entries
-            .fetch_add(list.len() as u64, Ordering::Relaxed);
+
         self.stats.read.fetch_add(1, Ordering::Relaxed);
-        self.ready.insert(
-            ino,
-            Ahead {
-                list,
-                fds,
-                found,
-                changes,
-            },
-        );
+        let a = Ahead {
+            list,
+            fds,
+            found,
+            changes,
+        };
+        self.hold(&a);
+        self.ready.insert(ino, a);
         below
     }
 }
