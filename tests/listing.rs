@@ -281,6 +281,15 @@ fn read_ahead(mnt: &Path) -> (u64, u64) {
     (n("listings_read_ahead"), n("listings_read_ahead_used"))
 }
 
+/// Waits (up to 5 s) until at least `n` listings were read ahead.
+fn wait_read_ahead(mnt: &Path, n: u64) {
+    assert!(
+        crate::util::wait_until(std::time::Duration::from_secs(5), || read_ahead(mnt).0 >= n),
+        "read ahead: {:?}, {n} expected",
+        read_ahead(mnt)
+    );
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -300,12 +309,7 @@ fn a_walk_lists_subdirectories_ahead_and_never_misses_a_change_made_meanwhile() 
     // are read ahead.
     names(&fx.mnt.join("t"));
     names(&fx.mnt.join("t/d"));
-    assert!(
-        crate::util::wait_until(std::time::Duration::from_secs(5), || read_ahead(&fx.mnt).0
-            >= 3),
-        "read ahead: {:?}",
-        read_ahead(&fx.mnt)
-    );
+    wait_read_ahead(&fx.mnt, 3);
     let (_, used) = read_ahead(&fx.mnt);
     // Unchanged since: its listing serves.
     assert_eq!(names(&fx.mnt.join("t/d/s0")), ["f"]);
@@ -327,7 +331,13 @@ fn with_dir_readahead_off_a_walk_reads_nothing_ahead() {
     let mut found = (Vec::new(), Vec::new());
     walk_by_d_type(&fx.mnt.join("t"), &mut found);
     assert_eq!(found.0.len(), 20);
-    assert_eq!(read_ahead(&fx.mnt), (0, 0));
+    // With it on, this walk has some read ahead within milliseconds.
+    let any = || read_ahead(&fx.mnt) != (0, 0);
+    assert!(
+        !crate::util::wait_until(std::time::Duration::from_millis(300), any),
+        "read ahead: {:?}",
+        read_ahead(&fx.mnt)
+    );
 }
 
 #[test]
@@ -343,19 +353,15 @@ fn a_file_written_by_passthrough_after_its_directory_was_read_ahead_shows_its_ne
         .write(true)
         .open(fx.mnt.join("t/d/s/f"))
         .unwrap();
-    assert!(
-        stats(&fx.mnt)["passthrough_opens"].as_u64().unwrap() >= 1,
-        "no passthrough here"
-    );
+    let passthrough = stats(&fx.mnt)["passthrough_opens"].as_u64().unwrap() >= 1;
+    if !crate::util::require(passthrough, "the kernel refused FUSE passthrough here") {
+        return;
+    }
     // A walk that stats files (as du does): the listings read ahead look files up too.
     fs::symlink_metadata(fx.mnt.join("t/d/s/low")).unwrap();
     names(&fx.mnt.join("t"));
     names(&fx.mnt.join("t/d"));
-    assert!(
-        crate::util::wait_until(std::time::Duration::from_secs(5), || read_ahead(&fx.mnt).0
-            >= 1),
-        "nothing read ahead"
-    );
+    wait_read_ahead(&fx.mnt, 1);
     w.write_all(&[7u8; 100]).unwrap();
     let used = read_ahead(&fx.mnt).1;
     assert_eq!(sorted(names(&fx.mnt.join("t/d/s"))), ["f", "low"]);

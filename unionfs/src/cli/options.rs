@@ -104,6 +104,15 @@ pub struct MountConfig {
     pub dir_readahead: bool,
 }
 
+/// The value of a switch `NAME=on|off` (`opt` as given, `k` its name).
+fn on_off(opt: &str, k: &str, v: Option<&str>) -> Result<bool, CliError> {
+    match v {
+        Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        _ => Err(usage(format!("option {opt}: expected {k}=on or {k}=off"))),
+    }
+}
+
 fn parse_secs(opt: &str, v: &str) -> Result<Duration, CliError> {
     v.parse::<f64>()
         .ok()
@@ -288,24 +297,8 @@ impl MountConfig {
                     // Honoured: kernel cache timeout for names and attributes.
                     "passthrough" => cfg.passthrough = need(v)?.parse().map_err(usage)?,
                     "uring" => cfg.uring = parse_uring(&need(v)?).map_err(usage)?,
-                    "uring_pin" => match v {
-                        Some("on") => cfg.uring_pin = true,
-                        Some("off") => cfg.uring_pin = false,
-                        _ => {
-                            return Err(usage(format!(
-                                "option {opt}: expected uring_pin=on or uring_pin=off"
-                            )))
-                        }
-                    },
-                    "dir_readahead" => match v {
-                        Some("on") => cfg.dir_readahead = true,
-                        Some("off") => cfg.dir_readahead = false,
-                        _ => {
-                            return Err(usage(format!(
-                                "option {opt}: expected dir_readahead=on or dir_readahead=off"
-                            )))
-                        }
-                    },
+                    "uring_pin" => cfg.uring_pin = on_off(&opt, k, v)?,
+                    "dir_readahead" => cfg.dir_readahead = on_off(&opt, k, v)?,
                     "timeout" => {
                         let t = parse_secs(k, &need(v)?)?;
                         cfg.ttl.entry = t;

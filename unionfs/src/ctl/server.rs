@@ -139,6 +139,7 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
             return Response::ok(serde_json::to_value(list).unwrap_or_default());
         }
         Op::Stats => {
+            let (read_ahead, read_ahead_used) = ctl.listings_read_ahead();
             let s = StatsInfo {
                 ops: u.stats.ops.load(Relaxed),
                 copy_ups: u.stats.copy_ups.load(Relaxed),
@@ -149,8 +150,8 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
                 passthrough_inodes: ctl.passthrough_inodes() as u64,
                 nodes: ctl.nodes() as u64,
                 uring_requests: fuser::uring_requests_served(),
-                listings_read_ahead: ctl.listings_read_ahead().0,
-                listings_read_ahead_used: ctl.listings_read_ahead().1,
+                listings_read_ahead: read_ahead,
+                listings_read_ahead_used: read_ahead_used,
             };
             return Response::ok(serde_json::to_value(s).unwrap_or_default());
         }

@@ -185,7 +185,7 @@ impl UnionFs {
             node.as_ref().is_some_and(|n| n.files_looked_up()) || self.file_lookups.lately();
         // In a walk, the subdirectories this reply shows are listed next: read them ahead.
         let walking = offset == 0 && self.readahead.scan_begins();
-        let mut ahead = Ahead::new(&self.readahead, walking, with_attrs);
+        let mut ahead = Subdirs::new(&self.readahead, walking, with_attrs);
         for (next, e) in list.after(offset) {
             if let (false, Some(ino)) = (with_attrs, e.ino) {
                 let kind = attr::file_type_of_dtype(e.d_type);
@@ -231,16 +231,16 @@ impl UnionFs {
 }
 
 /// Subdirectories a reply shows, queued for readahead when the reply is done.
-struct Ahead<'a> {
+struct Subdirs<'a> {
     readahead: &'a Arc<ReadAhead>,
     dirs: Option<Vec<Job>>,
     /// Whether the walk looks files up too.
     files: bool,
 }
 
-impl<'a> Ahead<'a> {
-    fn new(readahead: &'a Arc<ReadAhead>, walking: bool, files: bool) -> Ahead<'a> {
-        Ahead {
+impl<'a> Subdirs<'a> {
+    fn new(readahead: &'a Arc<ReadAhead>, walking: bool, files: bool) -> Subdirs<'a> {
+        Subdirs {
             readahead,
             dirs: walking.then(Vec::new),
             files,
@@ -249,16 +249,12 @@ impl<'a> Ahead<'a> {
 
     fn push(&mut self, dir: &Obj) {
         if let Some(d) = &mut self.dirs {
-            d.push(Job {
-                ino: dir.ino,
-                dir: dir.clone(),
-                files: self.files,
-            });
+            d.push(Job::new(dir, self.files));
         }
     }
 }
 
-impl Drop for Ahead<'_> {
+impl Drop for Subdirs<'_> {
     fn drop(&mut self) {
         if let Some(d) = self.dirs.take() {
             self.readahead.queue(d);

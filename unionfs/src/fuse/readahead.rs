@@ -62,6 +62,17 @@ pub(super) struct Job {
     pub(super) files: bool,
 }
 
+impl Job {
+    /// Reads `dir` ahead (its files looked up too if `files`).
+    pub(super) fn new(dir: &Obj, files: bool) -> Job {
+        Job {
+            ino: dir.ino,
+            dir: dir.clone(),
+            files,
+        }
+    }
+}
+
 /// How many listings were read ahead, and how many of those served.
 #[derive(Default)]
 pub(super) struct AheadStats {
@@ -339,11 +350,7 @@ impl ReadAhead {
                 continue;
             };
             if child.is_dir() && below.len() < MAX_QUEUED && !self.known(child.ino) {
-                below.push(Job {
-                    ino: child.ino,
-                    dir: child.clone(),
-                    files: job.files,
-                });
+                below.push(Job::new(&child, job.files));
             }
             // A file on a rw branch may have passthrough writers, whose writes change
             // its size and times without a request: it is looked up at reply time. So is
@@ -399,6 +406,13 @@ mod tests {
         }
     }
 
+    /// A union over `t` (wh format) and a readahead on it.
+    fn setup(t: &Tree) -> (Arc<Union>, Arc<ReadAhead>) {
+        let u = Arc::new(t.union(FormatChoice::Wh));
+        let ra = Arc::new(ReadAhead::new(u.clone(), Duration::from_secs(10)));
+        (u, ra)
+    }
+
     fn tree() -> Tree {
         let t = Tree::new(&["rw", "ro"]);
         t.dir("ro", "d/a/deep");
@@ -412,16 +426,11 @@ mod tests {
         let t = tree();
         // Already in the rw branch: the change below moves no directory up.
         t.dir("rw", "d/b");
-        let u = Arc::new(t.union(FormatChoice::Wh));
-        let ra = Arc::new(ReadAhead::new(u.clone(), Duration::from_secs(10)));
+        let (u, ra) = setup(&t);
         assert!(!ra.scan_begins(), "a first listing is no walk");
         assert!(ra.scan_begins(), "a second one right after it is");
         let d = lookup_path(&u, "d");
-        ra.queue(vec![Job {
-            ino: d.ino,
-            dir: d.clone(),
-            files: true,
-        }]);
+        ra.queue(vec![Job::new(&d, true)]);
         // d, and below it a, a/deep and b.
         settle(&ra, 4);
         let a = lookup_path(&u, "d/a");
@@ -456,22 +465,13 @@ mod tests {
     #[test]
     fn after_a_change_the_queue_is_dropped_and_the_next_walk_reads_ahead_again() {
         let t = tree();
-        let u = Arc::new(t.union(FormatChoice::Wh));
-        let ra = Arc::new(ReadAhead::new(u.clone(), Duration::from_secs(10)));
+        let (u, ra) = setup(&t);
         let b = lookup_path(&u, "d/b");
-        ra.queue(vec![Job {
-            ino: b.ino,
-            dir: b.clone(),
-            files: true,
-        }]);
+        ra.queue(vec![Job::new(&b, true)]);
         settle(&ra, 1);
         drop(u.op_guard());
         let a = lookup_path(&u, "d/a");
-        ra.queue(vec![Job {
-            ino: a.ino,
-            dir: a.clone(),
-            files: true,
-        }]);
+        ra.queue(vec![Job::new(&a, true)]);
         settle(&ra, 1);
         assert_eq!(
             ra.stats.read.load(Ordering::Relaxed),
@@ -479,11 +479,7 @@ mod tests {
             "read after a change"
         );
         // Quiet since: the walk's next listing starts it again.
-        ra.queue(vec![Job {
-            ino: a.ino,
-            dir: a.clone(),
-            files: true,
-        }]);
+        ra.queue(vec![Job::new(&a, true)]);
         settle(&ra, 3);
         assert!(ra.take(a.ino, &a).is_some());
     }
@@ -491,15 +487,10 @@ mod tests {
     #[test]
     fn nothing_is_read_ahead_while_a_change_is_in_flight() {
         let t = tree();
-        let u = Arc::new(t.union(FormatChoice::Wh));
-        let ra = Arc::new(ReadAhead::new(u.clone(), Duration::from_secs(10)));
+        let (u, ra) = setup(&t);
         let d = lookup_path(&u, "d");
         let change = u.op_guard();
-        ra.queue(vec![Job {
-            ino: d.ino,
-            dir: d.clone(),
-            files: true,
-        }]);
+        ra.queue(vec![Job::new(&d, true)]);
         settle(&ra, 0);
         assert_eq!(ra.stats.read.load(Ordering::Relaxed), 0);
         drop(change);
@@ -509,14 +500,9 @@ mod tests {
     #[test]
     fn a_directory_whose_layers_changed_behind_the_union_is_listed_afresh() {
         let t = tree();
-        let u = Arc::new(t.union(FormatChoice::Wh));
-        let ra = Arc::new(ReadAhead::new(u.clone(), Duration::from_secs(10)));
+        let (u, ra) = setup(&t);
         let b = lookup_path(&u, "d/b");
-        ra.queue(vec![Job {
-            ino: b.ino,
-            dir: b.clone(),
-            files: true,
-        }]);
+        ra.queue(vec![Job::new(&b, true)]);
         settle(&ra, 1);
         // d/b appears in the rw branch too (not through the union).
         t.dir("rw", "d/b");
