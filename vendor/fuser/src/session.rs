@@ -286,13 +286,19 @@ impl<FS: Filesystem> Session<FS> {
         // The io_uring workers first: when they serve, the classic loops only see FORGET,
         // INTERRUPT and what came before the ring was ready, so one loop is enough. Each
         // thread costs time at mount and again at unmount.
+        // An unmount that comes before the ring is ready fails its registration: the one
+        // loop left then reads ENODEV and the session ends, without starting more.
+        let mut gone = false;
         let uring = match uring {
             Some(UringState::Started(w)) => Some(w),
             Some(UringState::Negotiated(params)) => {
                 match crate::uring::Workers::start(&ch, params, n_threads) {
                     Ok(w) => Some(w),
                     Err(e) => {
-                        warn!("FUSE over io_uring unavailable ({e}); using /dev/fuse");
+                        gone = e.raw_os_error().is_some_and(crate::uring::is_teardown);
+                        if !gone {
+                            warn!("FUSE over io_uring unavailable ({e}); using /dev/fuse");
+                        }
                         None
                     }
                 }
@@ -302,7 +308,7 @@ impl<FS: Filesystem> Session<FS> {
         // The classic loops: INITIAL_LOOPS to begin with, more on demand up to
         // `n_threads`, or one in all when the ring serves.
         let pool = Arc::new(LoopPool::new(
-            if uring.is_some() { 1 } else { n_threads },
+            if uring.is_some() || gone { 1 } else { n_threads },
             config.clone_fd,
         ));
         let ch_for_uring = ch.clone();
@@ -375,7 +381,7 @@ impl<FS: Filesystem> Session<FS> {
     }
 
     fn handshake(&mut self) -> io::Result<()> {
-        let mut buf = FuseReadBuf::new();
+        let mut buf = FuseReadBuf::new()?;
         let buf = buf.as_mut();
 
         loop {
@@ -695,7 +701,7 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
     fn event_loop(&self) -> io::Result<()> {
         // Buffer for receiving requests from the kernel. Only one is allocated and
         // it is reused immediately after dispatching to conserve memory and allocations.
-        let mut buf = FuseReadBuf::new();
+        let mut buf = FuseReadBuf::new()?;
         let buf = buf.as_mut();
         loop {
             // Read the next request from the given channel to kernel driver

@@ -202,7 +202,7 @@ fn write_out_header(h: &mut Header, len: u32, error: i32, unique: u64) {
 }
 
 /// Errors that mean "the connection is going away", not a failure.
-fn is_teardown(errno: i32) -> bool {
+pub(crate) fn is_teardown(errno: i32) -> bool {
     matches!(
         errno,
         libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV | libc::ECANCELED
