@@ -1,6 +1,7 @@
 //! The daemon's memory follows what the kernel holds: after `find` over 200k files its
 //! RSS stays below 100 MB (issue 3). The figure is printed so the run shows it.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,6 +13,24 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
+}
+
+/// A foreground daemon over `upper` (rw) and `lower` (ro); `configure` adds to its command.
+fn mount(
+    lower: &Path,
+    upper: &Path,
+    mnt: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> MountGuard {
+    let mut cmd = Command::new(unionfs_bin());
+    cmd.arg("-f");
+    configure(&mut cmd);
+    cmd.arg("--branch")
+        .arg(format!("{}=rw", upper.display()))
+        .arg("--branch")
+        .arg(format!("{}=ro", lower.display()))
+        .arg(mnt);
+    MountGuard::foreground(cmd, mnt, Duration::from_secs(20))
 }
 
 #[test]
@@ -32,14 +51,7 @@ fn rss_stays_below_100_mb_after_find_over_200k_files() {
             std::fs::File::create(dir.join(format!("file-with-a-longish-name-{f:04}"))).unwrap();
         }
     }
-    let mut cmd = Command::new(unionfs_bin());
-    cmd.arg("-f")
-        .arg("--branch")
-        .arg(format!("{}=rw", upper.display()))
-        .arg("--branch")
-        .arg(format!("{}=ro", lower.display()))
-        .arg(&mnt);
-    let mut g = MountGuard::foreground(cmd, &mnt, Duration::from_secs(20));
+    let mut g = mount(&lower, &upper, &mnt, |_| {});
     let pid = g.child().expect("daemon").id();
     let before = rss_kib(pid);
     let out = run_timeout(
@@ -73,14 +85,10 @@ fn request_buffers_cost_only_what_requests_fill() {
     let upper = t.mkdir("upper");
     let mnt = t.mkdir("mnt");
     std::fs::write(lower.join("f"), "x").unwrap();
-    let mut cmd = Command::new(unionfs_bin());
-    cmd.env("GLIBC_TUNABLES", "glibc.malloc.perturb=85")
-        .args(["-f", "-o", "uring=off", "--branch"])
-        .arg(format!("{}=rw", upper.display()))
-        .arg("--branch")
-        .arg(format!("{}=ro", lower.display()))
-        .arg(&mnt);
-    let mut g = MountGuard::foreground(cmd, &mnt, Duration::from_secs(20));
+    let mut g = mount(&lower, &upper, &mnt, |cmd| {
+        cmd.env("GLIBC_TUNABLES", "glibc.malloc.perturb=85")
+            .args(["-o", "uring=off"]);
+    });
     let pid = g.child().expect("daemon").id();
     assert_eq!(std::fs::read_to_string(mnt.join("f")).unwrap(), "x");
     // The loops start as the first requests come: give them a moment to run.
