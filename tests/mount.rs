@@ -435,6 +435,72 @@ fn sigint_unmounts_cleanly() {
     }
 }
 
+/// A foreground daemon, killed and its mount lazily unmounted on drop (also on panic).
+struct Daemon<'a> {
+    child: std::process::Child,
+    mnt: &'a Path,
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        if is_mounted(self.mnt) {
+            lazy_unmount(self.mnt, true);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemon answers FUSE_INIT once the mount is live (a mount command does not wait
+/// for it, as with libfuse): an unmount or a stop signal that comes first, as soon as
+/// the mount shows in mountinfo, still ends the daemon cleanly, with exit status 0 and
+/// nothing left mounted.
+#[test]
+fn an_unmount_or_a_signal_right_after_the_mount_ends_the_daemon_cleanly() {
+    if !require_root() {
+        return;
+    }
+    let u = union();
+    let mnt = canon(&u.mnt);
+    let target = std::ffi::CString::new(mnt.to_str().unwrap()).unwrap();
+    for round in 0..20 {
+        let mut cmd = unionfs_cmd();
+        cmd.arg("-f").args(u.native_args());
+        let mut d = Daemon {
+            child: cmd
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start unionfs -f"),
+            mnt: &mnt,
+        };
+        // No sleep between looks: act before the daemon gets to read FUSE_INIT.
+        let start = std::time::Instant::now();
+        while !is_mounted(&mnt) {
+            assert!(start.elapsed() < Duration::from_secs(15), "round {round}: never mounted");
+            assert!(d.child.try_wait().unwrap().is_none(), "round {round}: daemon exited");
+        }
+        if round % 2 == 0 {
+            // SAFETY: a valid C string; the mount is this test's.
+            let r = unsafe { libc::umount2(target.as_ptr(), 0) };
+            assert_eq!(r, 0, "umount: {}", std::io::Error::last_os_error());
+        } else {
+            kill(Pid::from_raw(d.child.id() as i32), Signal::SIGTERM).unwrap();
+        }
+        let status = wait_timeout(&mut d.child, Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("round {round}: daemon still running 15 s later"));
+        assert!(!is_mounted(&mnt), "round {round}: still mounted");
+        let mut stderr = String::new();
+        if let Some(mut e) = d.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        assert!(
+            status.success(),
+            "round {round}: the daemon exited with {status:?}; stderr:\n{stderr}"
+        );
+    }
+    u.check_lower_unchanged();
+}
+
 /// The daemon's /dev/fuse loops: its threads named `fuser-N`.
 fn request_loops(pid: u32) -> usize {
     threads_of(pid)

@@ -336,3 +336,90 @@ fn ring_workers_run_on_their_queues_cpu_unless_uring_pin_is_off() {
         assert!(g.unmount().expect("status").success());
     }
 }
+
+/// Runs the calling thread on `cpu` alone.
+fn pin_this_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; sched_setaffinity on this thread only.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(r, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_queue_gets_another_worker_when_a_request_finds_none_waiting() {
+    if !require_uring() {
+        return;
+    }
+    let _k = knob();
+    let t = TempTree::new();
+    let (up, low, mnt) = (t.mkdir("up"), t.mkdir("low"), t.mkdir("mnt"));
+    // A copy-up long enough to overlap many lookups: 256 MiB of data (not a hole).
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(low.join("big")).unwrap();
+        let chunk = vec![0xa5u8; 1 << 20];
+        for _ in 0..256 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let mut cmd = Command::new(unionfs_bin());
+    cmd.args(["-f", "-o", "cow,uring=on,uring_pin=on"])
+        .arg(format!("{}=rw:{}=ro", up.display(), low.display()))
+        .arg(&mnt);
+    let mut g = MountGuard::foreground(cmd, &mnt, Duration::from_secs(15));
+    let pid = g.child().unwrap().id();
+    // Every request of this test is issued on CPU 0, so it goes to queue 0.
+    let cpu = cpus_allowed(Path::new("/proc/self/status"))
+        .split([',', '-'])
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let queue_workers = || ring_workers(pid).iter().filter(|(q, _)| *q == cpu).count();
+    let cpu_n: usize = cpu.parse().unwrap();
+    pin_this_thread(cpu_n);
+    for i in 0..20 {
+        assert!(fs::metadata(mnt.join(format!("before{i}"))).is_err());
+    }
+    let before = queue_workers();
+    assert!(before > 0, "no ring worker for queue {cpu}");
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opener = {
+        let (big, done) = (mnt.join("big"), done.clone());
+        std::thread::spawn(move || {
+            pin_this_thread(cpu_n);
+            // Opening a lower file for writing copies it up inside the OPEN request.
+            let r = fs::OpenOptions::new().write(true).open(&big).map(drop);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        })
+    };
+    // New names: each lookup is a request (nothing cached), issued while the copy-up
+    // holds a worker of the same queue.
+    let mut during = 0;
+    let mut i = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(fs::metadata(mnt.join(format!("during{i}"))).is_err());
+        i += 1;
+        if !done.load(std::sync::atomic::Ordering::SeqCst) {
+            during += 1;
+        }
+    }
+    opener.join().unwrap().expect("open for writing (copy-up)");
+    assert!(
+        during > 10,
+        "only {during} lookups finished during the copy-up: it was too short to test with"
+    );
+    let after = queue_workers();
+    assert!(
+        after > before,
+        "queue {cpu} kept {before} workers while one was busy with a copy-up ({during} \
+         lookups served meanwhile)"
+    );
+    assert_eq!(fs::metadata(up.join("big")).unwrap().len(), 256 << 20);
+    assert!(g.unmount().expect("status").success());
+}

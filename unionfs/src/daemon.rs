@@ -146,10 +146,28 @@ fn serve_inner(
         .with_passthrough(cfg.passthrough)
         .with_dir_readahead(cfg.dir_readahead);
     let control = fs.control();
-    let fcfg = fuse_config(cfg);
-    let cannot =
-        |e: std::io::Error| runtime(format!("cannot mount on {}: {e}", cfg.mountpoint.display()));
-    let (session, unmount): (_, Box<dyn FnOnce() + Send>) = if unsafe { libc::geteuid() } == 0 {
+    let mut fcfg = fuse_config(cfg);
+    // The mount is usable once mount(2) returns (its first access waits for INIT), so
+    // the mount command returns then, as libfuse's daemon mode does. With uring=on the
+    // command waits for INIT: a refused ring must fail it.
+    fcfg.init_on_run = cfg.uring != fuser::UringMode::On;
+    // Bound before mounting, so that `unionfs ctl` right after the mount connects (the
+    // listen backlog holds it until the control thread accepts).
+    let socket = match crate::ctl::server::bind(&cfg.mountpoint) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            tracing::warn!("no control socket for {}: {e}", cfg.mountpoint.display());
+            None
+        }
+    };
+    let cannot = |e: std::io::Error| {
+        if let Some(s) = &socket {
+            s.remove();
+        }
+        runtime(format!("cannot mount on {}: {e}", cfg.mountpoint.display()))
+    };
+    let (session, unmount): (_, Arc<dyn Fn() + Send + Sync>) = if unsafe { libc::geteuid() } == 0
+    {
         // As root, mount type fuse.unionfs ourselves (see mount.rs).
         let opts = crate::mount::RootMountOptions {
             fsname: &cfg.fsname,
@@ -161,7 +179,7 @@ fn serve_inner(
         match fuser::Session::from_fd(fs, fd, acl, fcfg) {
             Ok(s) => (
                 s,
-                Box::new(move || {
+                Arc::new(move || {
                     let _ = m.unmount();
                 }),
             ),
@@ -172,45 +190,49 @@ fn serve_inner(
         }
     } else {
         let mut s = fuser::Session::new(fs, &cfg.mountpoint, &fcfg).map_err(cannot)?;
-        let mut unmounter = s.unmount_callable();
+        let unmounter = std::sync::Mutex::new(s.unmount_callable());
         (
             s,
-            Box::new(move || {
-                let _ = unmounter.unmount();
+            Arc::new(move || {
+                if let Ok(mut u) = unmounter.lock() {
+                    let _ = u.unmount();
+                }
             }),
         )
     };
+    control.set_notifier(session.notifier());
+    if let Some(mut f) = ready.take() {
+        let _ = f.write_all(b"ok\n");
+        detach_stdio();
+    }
+    // Started after "ok" (they are not needed for it): a stop signal that comes earlier
+    // stays pending, as the signals are blocked, until this thread waits for it.
+    let on_signal = unmount.clone();
     std::thread::Builder::new()
         .name("unionfs-signals".into())
         .spawn(move || {
             if let Ok(sig) = signals.wait() {
                 tracing::info!("{sig:?}: unmounting");
-                unmount();
+                on_signal();
             }
         })
-        .map_err(|e| runtime(format!("cannot start the signal thread: {e}")))?;
-    control.set_notifier(session.notifier());
-    // The control socket (unionfs ctl); a union without one still works.
-    let socket = match crate::ctl::server::bind(&cfg.mountpoint) {
-        Ok(s) => Some(Arc::new(s)),
-        Err(e) => {
-            tracing::warn!("no control socket for {}: {e}", cfg.mountpoint.display());
-            None
-        }
-    };
+        .map_err(|e| {
+            unmount();
+            runtime(format!("cannot start the signal thread: {e}"))
+        })?;
     if let Some(s) = &socket {
         let (s, mp) = (s.clone(), cfg.mountpoint.clone());
         let _ = std::thread::Builder::new()
             .name("unionfs-ctl".into())
             .spawn(move || s.serve(control, mp));
     }
-    if let Some(mut f) = ready.take() {
-        let _ = f.write_all(b"ok\n");
-        detach_stdio();
-    }
     let r = session
         .run()
         .map_err(|e| runtime(format!("serving {}: {e}", cfg.mountpoint.display())));
+    if r.is_err() {
+        // A failed INIT (or a stopped transport) leaves a dead mount: take it away.
+        unmount();
+    }
     if let Some(s) = socket {
         s.remove();
     }

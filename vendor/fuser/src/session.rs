@@ -200,7 +200,9 @@ impl<FS: Filesystem> Session<FS> {
             uring: None,
         };
 
-        session.handshake()?;
+        if !session.config.init_on_run {
+            session.handshake()?;
+        }
 
         Ok(session)
     }
@@ -229,7 +231,9 @@ impl<FS: Filesystem> Session<FS> {
             uring: None,
         };
 
-        session.handshake()?;
+        if !session.config.init_on_run {
+            session.handshake()?;
+        }
 
         Ok(session)
     }
@@ -256,7 +260,14 @@ impl<FS: Filesystem> Session<FS> {
     /// may run concurrent by spawning threads.
     /// # Errors
     /// Returns any final error when the session comes to an end.
-    pub fn run(self) -> io::Result<()> {
+    pub fn run(mut self) -> io::Result<()> {
+        // `Config::init_on_run`: an unmount before the INIT reply ends the session.
+        if self.proto_version.is_none() {
+            match self.handshake() {
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+                r => r?,
+            }
+        }
         let Session {
             filesystem,
             ch,
@@ -326,8 +337,8 @@ impl<FS: Filesystem> Session<FS> {
         first.start(&pool)?;
 
         let uring_required = uring.as_ref().is_some_and(|u| u.required);
-        let ring_threads = match uring {
-            Some(u) => u.serve(|i| {
+        let ring = uring.map(|u| {
+            u.serve(|i| {
                 let event_loop = SessionEventLoop {
                     thread_name: format!("fuser-uring-{i}"),
                     filesystem: filesystem.clone(),
@@ -337,12 +348,12 @@ impl<FS: Filesystem> Session<FS> {
                     pool: None,
                 };
                 Box::new(move |w: &Arc<crate::uring::Worker>| crate::uring::serve(w, &event_loop))
-            }),
-            None => Vec::new(),
-        };
+            })
+        });
 
         let mut reply: io::Result<()> = Ok(());
-        for thread in ring_threads {
+        // A worker may start another until it ends: take them until none is left.
+        while let Some(thread) = ring.as_ref().and_then(|r| r.take_thread()) {
             match thread.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) if uring_required => {
@@ -388,7 +399,8 @@ impl<FS: Filesystem> Session<FS> {
             // Read the init request from the kernel
             let size = match self.ch.receive_retrying(buf) {
                 Ok(size) => size,
-                Err(nix::errno::Errno::ENODEV) => {
+                // ECONNABORTED: unmounted (or aborted) before the INIT reply.
+                Err(nix::errno::Errno::ENODEV | nix::errno::Errno::ECONNABORTED) => {
                     return Err(io::Error::new(
                         io::ErrorKind::NotConnected,
                         "FUSE device disconnected during handshake",
@@ -665,6 +677,18 @@ impl LoopPool {
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
+    /// An io_uring worker's loop for the same session.
+    pub(crate) fn sibling(&self, thread_name: String) -> SessionEventLoop<FS> {
+        SessionEventLoop {
+            thread_name,
+            ch: self.ch.clone(),
+            filesystem: self.filesystem.clone(),
+            allowed: self.allowed,
+            session_owner: self.session_owner,
+            pool: None,
+        }
+    }
+
     fn start(self, pool: &LoopPool) -> io::Result<()> {
         let h = thread::Builder::new()
             .name(self.thread_name.clone())
@@ -683,12 +707,9 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         }
         let started = pool.channel(&self.ch).and_then(|ch| {
             SessionEventLoop {
-                thread_name: format!("fuser-{n}"),
                 ch,
-                filesystem: self.filesystem.clone(),
-                allowed: self.allowed,
-                session_owner: self.session_owner,
                 pool: Some(pool.clone()),
+                ..self.sibling(format!("fuser-{n}"))
             }
             .start(pool)
         });
@@ -735,7 +756,8 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                         ));
                     }
                 },
-                Err(nix::errno::Errno::ENODEV) => return Ok(()),
+                // The connection is gone: unmounted, or aborted through fusectl.
+                Err(nix::errno::Errno::ENODEV | nix::errno::Errno::ECONNABORTED) => return Ok(()),
                 Err(err) => return Err(err.into()),
             }
         }

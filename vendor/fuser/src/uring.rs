@@ -28,7 +28,9 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
 use std::thread::ThreadId;
 
 use io_uring::IoUring;
@@ -76,6 +78,10 @@ const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
 /// At most this many workers in all (unless there are more queues than that).
 const MAX_WORKERS: usize = 64;
+/// Workers per queue at the start; more start as requests find none waiting. One more
+/// than a sequential caller needs, so that a mount that serves a few requests (and its
+/// unmount) pays for few threads.
+const INITIAL_PER_QUEUE: usize = 2;
 /// The kernel's FUSE_MIN_READ_BUFFER: no payload buffer may be smaller.
 const MIN_PAYLOAD: usize = 8192;
 
@@ -115,6 +121,7 @@ pub(crate) struct UringParams {
 /// commands are cancelled, so they are never freed (one set per worker, per process).
 pub(crate) struct Worker {
     qid: u16,
+    pool: Arc<RingPool>,
     ring: IoUring<Entry128>,
     /// Serializes pushes to the submission queue (a reply may come from another thread).
     sq: Mutex<()>,
@@ -226,8 +233,82 @@ fn possible_cpus() -> usize {
     }
 }
 
+/// How busy one queue's workers are.
+#[derive(Debug, Default)]
+struct QueueLoad {
+    /// Workers started (or starting).
+    live: AtomicUsize,
+    /// Workers waiting for a request.
+    idle: AtomicUsize,
+}
+
+/// What a session's workers share: each queue's load, and the threads to join. As with
+/// the classic loops, a queue gets one more worker whenever a request finds none of its
+/// workers waiting, up to `max_per_queue`: a handler that blocks (an open waiting for a
+/// RELEASE) then leaves a worker for the requests issued on its CPU.
+#[derive(Debug)]
+pub(crate) struct RingPool {
+    ch: Channel,
+    params: UringParams,
+    queues: Vec<QueueLoad>,
+    max_per_queue: usize,
+    threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
+}
+
+impl RingPool {
+    /// A worker thread that ended, or that may still run, to join (None: all taken).
+    pub(crate) fn take_thread(&self) -> Option<JoinHandle<io::Result<()>>> {
+        self.threads.lock().pop()
+    }
+
+    /// Makes a worker of queue `qid` on the calling thread, which is then its thread
+    /// (the kernel delivers requests through the task that submitted the fetch).
+    fn start_here(self: &Arc<Self>, qid: u16) -> io::Result<Arc<Worker>> {
+        let w = Worker::new(qid, self.clone())?;
+        let _ = w.thread.set(std::thread::current().id());
+        if self.params.pin {
+            pin_to_cpu(qid as usize);
+        }
+        w.register()?;
+        Ok(w)
+    }
+
+    /// No worker of queue `qid` is left waiting: start one more if the queue may grow.
+    fn grow<FS: Filesystem>(self: &Arc<Self>, qid: u16, el: &SessionEventLoop<FS>) {
+        let load = &self.queues[qid as usize];
+        let n = load.live.fetch_add(1, Ordering::SeqCst);
+        if n >= self.max_per_queue {
+            load.live.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let name = format!("fuser-uring-{qid}.{n}");
+        let el = el.sibling(name.clone());
+        let pool = self.clone();
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            match pool.start_here(qid) {
+                Ok(w) => w.run(&el),
+                Err(e) => {
+                    pool.queues[qid as usize].live.fetch_sub(1, Ordering::SeqCst);
+                    if !e.raw_os_error().is_some_and(is_teardown) {
+                        warn!("cannot start another io_uring worker for queue {qid}: {e}");
+                    }
+                    Ok(())
+                }
+            }
+        });
+        match spawned {
+            Ok(h) => self.threads.lock().push(h),
+            Err(e) => {
+                load.live.fetch_sub(1, Ordering::SeqCst);
+                warn!("cannot start another io_uring worker for queue {qid}: {e}");
+            }
+        }
+    }
+}
+
 impl Worker {
-    fn new(qid: u16, ch: Channel, payload: usize) -> io::Result<Arc<Worker>> {
+    fn new(qid: u16, pool: Arc<RingPool>) -> io::Result<Arc<Worker>> {
+        let (ch, payload) = (pool.ch.clone(), pool.params.payload);
         let ring = IoUring::<Entry128>::builder().build(4)?;
         let header = Box::leak(Box::new(Header {
             in_out: [0; HEADER_SZ],
@@ -266,6 +347,7 @@ impl Worker {
         ])) as *mut [libc::iovec; 2];
         Ok(Arc::new(Worker {
             qid,
+            pool,
             ring,
             sq: Mutex::new(()),
             header,
@@ -325,22 +407,12 @@ impl Worker {
         let mut buf = Vec::with_capacity(IN_HEADER_LEN + OP_IN_SZ + MIN_PAYLOAD);
         let mut pending = self.early.lock().take();
         let mut failures = 0;
+        let load = &self.pool.queues[self.qid as usize];
         loop {
-            let res = match pending.take() {
-                Some(r) => r,
-                None => {
-                    match self.ring.submit_and_wait(1) {
-                        Ok(_) => {}
-                        Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                        Err(e) => return Err(e),
-                    }
-                    // SAFETY: the CQ is only read on this thread.
-                    match unsafe { self.ring.completion_shared() }.next() {
-                        Some(cqe) => cqe.result(),
-                        None => continue,
-                    }
-                }
-            };
+            load.idle.fetch_add(1, Ordering::SeqCst);
+            let res = self.next_completion(&mut pending);
+            let none_waiting = load.idle.fetch_sub(1, Ordering::SeqCst) == 1;
+            let res = res?;
             if res < 0 {
                 if is_teardown(-res) {
                     debug!("io_uring queue {}: connection closed", self.qid);
@@ -357,6 +429,9 @@ impl Worker {
                 continue;
             }
             failures = 0;
+            if none_waiting {
+                self.pool.grow(self.qid, el);
+            }
             SERVED.fetch_add(1, Ordering::Relaxed);
             self.assemble(&mut buf);
             *self.replied.lock() = false;
@@ -389,6 +464,25 @@ impl Worker {
             let mut r = self.replied.lock();
             while !*r {
                 self.replied_cv.wait(&mut r);
+            }
+        }
+    }
+
+    /// Submits what is queued (the last reply's commit) and waits for the next
+    /// completion: a request, or the entry's end.
+    fn next_completion(&self, pending: &mut Option<i32>) -> io::Result<i32> {
+        if let Some(r) = pending.take() {
+            return Ok(r);
+        }
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            // SAFETY: the CQ is only read on this thread.
+            if let Some(cqe) = unsafe { self.ring.completion_shared() }.next() {
+                return Ok(cqe.result());
             }
         }
     }
@@ -432,56 +526,66 @@ fn pin_to_cpu(cpu: usize) {
 /// What a worker thread runs once the session runs (None: the session ended first).
 pub(crate) type Job = Box<dyn FnOnce(&Arc<Worker>) -> io::Result<()> + Send>;
 
-/// The workers of a session. Each runs on its own thread from the start: it makes its
-/// ring and registers its entry there (the kernel delivers requests through the task
-/// that submitted the fetch), reports the registration, and waits for its job.
+/// The first workers of a session. Each runs on its own thread from the start: it makes
+/// its ring and registers its entry there, reports the registration, and waits for its
+/// job (the session must run before requests can be served).
 #[derive(Debug)]
 pub(crate) struct Workers {
-    threads: Vec<(std::thread::JoinHandle<io::Result<()>>, std::sync::mpsc::Sender<Option<Job>>)>,
+    threads: Vec<(JoinHandle<io::Result<()>>, std::sync::mpsc::Sender<Option<Job>>)>,
+    pool: Arc<RingPool>,
     pub(crate) required: bool,
 }
 
 impl Workers {
-    /// The session's `threads` spread over the kernel's queues, at least 4 and at most 8
-    /// per queue: a request waits for a free entry of its own CPU's queue, so that many
-    /// handlers may block (a bounded wait, e.g. an open waiting for a RELEASE) on one CPU
-    /// before its requests wait too. More workers cost start-up and teardown time.
+    /// `INITIAL_PER_QUEUE` workers on each of the kernel's queues. A queue grows to the
+    /// session's `threads` spread over the queues, at least 4 and at most 8: a request
+    /// waits for a free entry of its own CPU's queue, so that many handlers may block (a
+    /// bounded wait, e.g. an open waiting for a RELEASE) on one CPU before its requests
+    /// wait too.
     pub(crate) fn start(ch: &Channel, params: UringParams, threads: usize) -> io::Result<Workers> {
         let queues = possible_cpus();
         // Many possible but few online CPUs (common in VMs) would mean hundreds of idle
         // workers: at most MAX_WORKERS in all, and one per queue at least (the kernel
         // uses the ring only once every queue has an entry).
-        let per_queue = (threads / queues)
+        let max_per_queue = (threads / queues)
             .clamp(4, 8)
             .min((MAX_WORKERS / queues).max(1));
+        let initial = INITIAL_PER_QUEUE.min(max_per_queue);
+        let pool = Arc::new(RingPool {
+            ch: ch.clone(),
+            params,
+            queues: (0..queues)
+                .map(|_| QueueLoad {
+                    live: initial.into(),
+                    idle: 0.into(),
+                })
+                .collect(),
+            max_per_queue,
+            threads: Mutex::new(Vec::new()),
+        });
         let mut ws = Workers {
-            threads: Vec::with_capacity(queues * per_queue),
+            threads: Vec::with_capacity(queues * initial),
+            pool: pool.clone(),
             required: params.required,
         };
         let (done_tx, done_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         for qid in 0..queues {
-            for i in 0..per_queue {
+            for i in 0..initial {
                 let (job_tx, job_rx) = std::sync::mpsc::channel::<Option<Job>>();
-                let (ch, done) = (ch.clone(), done_tx.clone());
+                let (pool, done) = (pool.clone(), done_tx.clone());
                 let h = std::thread::Builder::new()
                     .name(format!("fuser-uring-{qid}.{i}"))
                     .spawn(move || {
-                        let w = match Worker::new(qid as u16, ch, params.payload) {
+                        let w = match pool.start_here(qid as u16) {
                             Ok(w) => w,
                             Err(e) => {
                                 let _ = done.send(Err(e));
                                 return Ok(());
                             }
                         };
-                        let _ = w.thread.set(std::thread::current().id());
-                        if params.pin {
-                            pin_to_cpu(qid);
-                        }
-                        let r = w.register();
-                        let ok = r.is_ok();
-                        let _ = done.send(r);
+                        let _ = done.send(Ok(()));
                         match job_rx.recv() {
-                            Ok(Some(job)) if ok => job(&w),
+                            Ok(Some(job)) => job(&w),
                             _ => Ok(()),
                         }
                     })?;
@@ -495,25 +599,20 @@ impl Workers {
                 .map_err(|_| io::Error::other("an io_uring worker died"))??;
         }
         debug!(
-            "io_uring: {queues} queues x {per_queue} workers, {} KiB payload each",
+            "io_uring: {queues} queues x {initial} workers (up to {max_per_queue}), {} KiB payload each",
             params.payload / 1024
         );
         Ok(ws)
     }
 
-    /// Starts serving: `job` makes each worker's job; returns the threads to join.
-    pub(crate) fn serve(
-        mut self,
-        mut job: impl FnMut(usize) -> Job,
-    ) -> Vec<std::thread::JoinHandle<io::Result<()>>> {
-        std::mem::take(&mut self.threads)
-            .into_iter()
-            .enumerate()
-            .map(|(i, (h, tx))| {
-                let _ = tx.send(Some(job(i)));
-                h
-            })
-            .collect()
+    /// Starts serving: `job` makes each first worker's job. Returns the pool, whose
+    /// threads (these and those started later) the session joins.
+    pub(crate) fn serve(mut self, mut job: impl FnMut(usize) -> Job) -> Arc<RingPool> {
+        for (i, (h, tx)) in std::mem::take(&mut self.threads).into_iter().enumerate() {
+            let _ = tx.send(Some(job(i)));
+            self.pool.threads.lock().push(h);
+        }
+        self.pool.clone()
     }
 }
 

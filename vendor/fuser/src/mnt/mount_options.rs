@@ -23,6 +23,11 @@ pub struct Config {
     /// Run each io_uring worker on its queue's CPU (where the requests it serves are
     /// issued), where the process allows that CPU.
     pub uring_pin: bool,
+    /// Answer FUSE_INIT when the session runs instead of in `Session::new`/`from_fd`: the
+    /// mount is usable (its first access waits for the INIT reply) as soon as mount(2)
+    /// returns, so a daemon can report it live at once, as libfuse's daemon mode does.
+    /// A failed handshake (or, with `UringMode::On`, a refused ring) then fails `run`.
+    pub init_on_run: bool,
 }
 
 /// Mount options accepted by the FUSE filesystem type
