@@ -476,8 +476,14 @@ fn an_unmount_or_a_signal_right_after_the_mount_ends_the_daemon_cleanly() {
         // No sleep between looks: act before the daemon gets to read FUSE_INIT.
         let start = std::time::Instant::now();
         while !is_mounted(&mnt) {
-            assert!(start.elapsed() < Duration::from_secs(15), "round {round}: never mounted");
-            assert!(d.child.try_wait().unwrap().is_none(), "round {round}: daemon exited");
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "round {round}: never mounted"
+            );
+            assert!(
+                d.child.try_wait().unwrap().is_none(),
+                "round {round}: daemon exited"
+            );
         }
         if round % 2 == 0 {
             // SAFETY: a valid C string; the mount is this test's.

@@ -345,7 +345,12 @@ fn pin_this_thread(cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
-    assert_eq!(r, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 #[test]

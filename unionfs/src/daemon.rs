@@ -166,8 +166,7 @@ fn serve_inner(
         }
         runtime(format!("cannot mount on {}: {e}", cfg.mountpoint.display()))
     };
-    let (session, unmount): (_, Arc<dyn Fn() + Send + Sync>) = if unsafe { libc::geteuid() } == 0
-    {
+    let (session, unmount): (_, Arc<dyn Fn() + Send + Sync>) = if unsafe { libc::geteuid() } == 0 {
         // As root, mount type fuse.unionfs ourselves (see mount.rs).
         let opts = crate::mount::RootMountOptions {
             fsname: &cfg.fsname,
