@@ -322,7 +322,6 @@ impl<FS: Filesystem> Session<FS> {
             if uring.is_some() || gone { 1 } else { n_threads },
             config.clone_fd,
         ));
-        let ch_for_uring = ch.clone();
         let first = SessionEventLoop {
             thread_name: "fuser-0".to_string(),
             filesystem: filesystem.clone(),
@@ -334,22 +333,19 @@ impl<FS: Filesystem> Session<FS> {
         for _ in 1..INITIAL_LOOPS {
             first.grow(&pool);
         }
+        // The ring workers' loops: the same session, outside the classic pool.
+        let ring_loop = first.sibling(String::new());
         first.start(&pool)?;
 
         let uring_required = uring.as_ref().is_some_and(|u| u.required);
         let ring = uring.map(|u| {
             u.serve(|i| {
-                let event_loop = SessionEventLoop {
-                    thread_name: format!("fuser-uring-{i}"),
-                    filesystem: filesystem.clone(),
-                    ch: ch_for_uring.clone(),
-                    allowed,
-                    session_owner,
-                    pool: None,
-                };
+                let event_loop = ring_loop.sibling(format!("fuser-uring-{i}"));
                 Box::new(move |w: &Arc<crate::uring::Worker>| crate::uring::serve(w, &event_loop))
             })
         });
+        // Its reference to the filesystem must be gone before `destroy` below.
+        drop(ring_loop);
 
         let mut reply: io::Result<()> = Ok(());
         // A worker may start another until it ends: take them until none is left.
