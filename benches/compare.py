@@ -38,6 +38,14 @@ REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 
 
+def release_dir():
+    """Where `cargo build --release` puts the binaries: target/<host tuple>/release, as
+    .cargo/config.toml names the host target (for the static link)."""
+    tuple_ = subprocess.run(["rustc", "--print", "host-tuple"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    return REPO / "target" / tuple_ / "release"
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -358,7 +366,7 @@ class Ours(Kind):
     def version(self):
         v = out([self.bin, "--version"])
         built = datetime.datetime.fromtimestamp(os.stat(self.bin).st_mtime).strftime("%Y-%m-%d %H:%M")
-        if Path(self.bin) == (REPO / "target" / "release" / "unionfs").resolve():
+        if Path(self.bin) == (release_dir() / "unionfs").resolve():
             rev = out(["git", "-C", str(REPO), "describe", "--always", "--dirty"], "")
             return f"{v} ({self.bin}, built {built} from work tree {rev})"
         return f"{v} ({self.bin}, built {built}; --unionfs-bin)"
@@ -1545,7 +1553,7 @@ def parse():
                     + ",".join(KIND_NAMES))
     ap.add_argument("--quick", action="store_true", help="smaller sizes, 1 run (smoke test)")
     ap.add_argument("--unionfs-bin", default=None,
-                    help="use this unionfs binary instead of building target/release/unionfs")
+                    help="use this unionfs binary instead of building target/<host>/release/unionfs")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build")
     ap.add_argument("--ours-opts", default="", help="extra -o options for ours")
     ap.add_argument("--profile", default="", help="comma-separated workloads to run once more "
@@ -1589,14 +1597,14 @@ def main():
     t_start = time.monotonic()
     binary = args.unionfs_bin
     if binary is None:
-        binary = REPO / "target" / "release" / "unionfs"
+        binary = release_dir() / "unionfs"
         if any(k.startswith("ours") for k in kind_names) or "memory" in names:
             if not args.no_build:
                 log("bench: cargo build --release -p unionfs")
                 r = subprocess.run(["cargo", "build", "--release", "-p", "unionfs"], cwd=REPO)
                 if r.returncode != 0:
                     log("bench: the build failed; fix it, or pass --unionfs-bin PATH "
-                        "(or --no-build to use the last target/release/unionfs)")
+                        "(or --no-build to use the last target/<host>/release/unionfs)")
                     return 1
     binary = Path(binary).resolve()
 

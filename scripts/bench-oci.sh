@@ -36,7 +36,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 cargo build --release -q -p runner -p unionfs
-unionrun="$(pwd)/target/release/unionrun"
+unionrun="$(pwd)/target/$(rustc --print host-tuple)/release/unionrun"
 runc="$(command -v runc)"
 out="$(pwd)/bench-results/oci"
 mkdir -p "$out"

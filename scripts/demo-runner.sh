@@ -31,7 +31,7 @@ fi
 if [ -z "${UNIONRUN_BIN:-}" ]; then
     say "building the release binaries (cargo build --release -p runner -p unionfs)"
     cargo build --release -q -p runner -p unionfs
-    dir="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)"
+    dir="$(cd "${CARGO_TARGET_DIR:-target}/$(rustc --print host-tuple)/release" && pwd)"
     UNIONRUN_BIN="$dir/unionrun" UNIONFS_BIN="$dir/unionfs"
 fi
 export UNIONFS_BIN="${UNIONFS_BIN:-$(dirname "$UNIONRUN_BIN")/unionfs}"

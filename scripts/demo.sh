@@ -25,7 +25,7 @@ fi
 
 say "building the release binary (cargo build --release -p unionfs)"
 cargo build --release -q -p unionfs
-bin="${CARGO_TARGET_DIR:-target}/release/unionfs"
+bin="${CARGO_TARGET_DIR:-target}/$(rustc --print host-tuple)/release/unionfs"
 bin="$(cd "$(dirname "$bin")" && pwd)/unionfs"
 
 demo="$(mktemp -d "${TMPDIR:-/tmp}/unionfs-demo.XXXXXX")"

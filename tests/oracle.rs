@@ -65,7 +65,7 @@ fn env_num(name: &str, default: usize) -> usize {
 
 /// `$UNIONFS_BIN`, else `unionfs` next to the test executable's profile dir (as
 /// `util::unionfs_bin`, which panics where we want to skip), else the workspace's
-/// `target/debug/unionfs` (for a test binary built with another CARGO_TARGET_DIR).
+/// `target/<host>/debug/unionfs` (for a test binary built with another CARGO_TARGET_DIR).
 fn unionfs_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("UNIONFS_BIN") {
         return PathBuf::from(p);
@@ -77,7 +77,17 @@ fn unionfs_bin() -> PathBuf {
         .map(|d| d.join("unionfs"));
     match near {
         Some(p) if p.is_file() => p,
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debug/unionfs"),
+        _ => {
+            // .cargo/config.toml names the host target: target/<host tuple>/debug.
+            let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+            std::fs::read_dir(&target)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("debug/unionfs"))
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| target.join("debug/unionfs"))
+        }
     }
 }
 
