@@ -507,9 +507,10 @@ fn an_unmount_or_a_signal_right_after_the_mount_ends_the_daemon_cleanly() {
     u.check_lower_unchanged();
 }
 
-/// The daemon's /dev/fuse loops: its threads named `fuser-N`.
+/// The daemon's /dev/fuse loops: the first on its main thread, the others on threads
+/// named `fuser-N`.
 fn request_loops(pid: u32) -> usize {
-    threads_of(pid)
+    1 + threads_of(pid)
         .iter()
         .filter(|(name, _)| {
             name.strip_prefix("fuser-")

@@ -335,7 +335,6 @@ impl<FS: Filesystem> Session<FS> {
         }
         // The ring workers' loops: the same session, outside the classic pool.
         let ring_loop = first.sibling(String::new());
-        first.start(&pool)?;
 
         let uring_required = uring.as_ref().is_some_and(|u| u.required);
         let ring = uring.map(|u| {
@@ -347,7 +346,10 @@ impl<FS: Filesystem> Session<FS> {
         // Its reference to the filesystem must be gone before `destroy` below.
         drop(ring_loop);
 
-        let mut reply: io::Result<()> = Ok(());
+        // The first classic loop runs on this thread: one thread less to start and to
+        // end with every mount.
+        let mut reply = first.event_loop();
+        drop(first);
         // A worker may start another until it ends: take them until none is left.
         while let Some(thread) = ring.as_ref().and_then(|r| r.take_thread()) {
             match thread.join() {

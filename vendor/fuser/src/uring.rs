@@ -78,10 +78,10 @@ const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
 /// At most this many workers in all (unless there are more queues than that).
 const MAX_WORKERS: usize = 64;
-/// Workers per queue at the start; more start as requests find none waiting. One more
-/// than a sequential caller needs, so that a mount that serves a few requests (and its
-/// unmount) pays for few threads.
-const INITIAL_PER_QUEUE: usize = 2;
+/// Workers per queue at the start; another starts as soon as a request finds none of
+/// its queue's workers waiting, so a sequential caller's queue keeps one spare. A mount
+/// that serves a few requests (and its unmount) pays for few threads.
+const INITIAL_PER_QUEUE: usize = 1;
 /// The kernel's FUSE_MIN_READ_BUFFER: no payload buffer may be smaller.
 const MIN_PAYLOAD: usize = 8192;
 
