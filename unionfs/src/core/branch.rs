@@ -52,17 +52,22 @@ pub const HIDDEN_WORK_NAME: &str = ".unionfs-work";
 pub struct WorkDir {
     /// The work directory's path (for messages).
     pub path: PathBuf,
+    /// The work directory itself.
+    dir: OwnedFd,
     /// Scratch space: copies under construction. Emptied at mount.
     pub(crate) tmp: OwnedFd,
-    /// Hard-link index: one name per copied-up multiply-linked lower inode.
-    pub(crate) index: OwnedFd,
-    counter: AtomicU64,
-    /// The name in `tmp` of the whiteout inode that every new whiteout of this branch is
-    /// a hard link of (overlay format), as kernel overlayfs does since Linux 5.8: a link
-    /// allocates no inode, and inode allocation is most of a delete's cost on ext4.
-    shared_whiteout: parking_lot::Mutex<Option<String>>,
+    /// Hard-link index: one name per copied-up multiply-linked lower inode. Made with the
+    /// first entry (most mounts never need one, and an inode costs a mount time).
+    index: std::sync::OnceLock<OwnedFd>,
+    making_index: parking_lot::Mutex<()>,
+    /// Whether `WHITEOUT_NAME` is the whiteout inode that every new whiteout of this
+    /// branch is a hard link of (overlay format), as kernel overlayfs does since Linux
+    /// 5.8: a link allocates no inode, and inode allocation is most of a delete's cost on
+    /// ext4. The mount's probe makes it.
+    shared_whiteout: parking_lot::Mutex<bool>,
     /// Set when the filesystem refuses such links: every whiteout is then its own inode.
     no_shared_whiteout: AtomicBool,
+    counter: AtomicU64,
     /// Shared flock on `lock` in a native work dir, held while the branch is rw here, so
     /// that `unionfs merge` (which takes it exclusively) never rewrites a live branch.
     _lock: Option<OwnedFd>,
@@ -70,6 +75,9 @@ pub struct WorkDir {
 
 /// Name of the lock file in a native work directory (see `WorkDir::_lock`).
 pub const LOCK_NAME: &str = "lock";
+
+/// Name of the shared whiteout inode in a work directory (see `WorkDir::shared_whiteout`).
+const WHITEOUT_NAME: &str = "whiteout";
 
 impl WorkDir {
     /// Opens (creating if needed) the work directory at `root/rel` beneath `root`.
@@ -110,20 +118,59 @@ impl WorkDir {
         } else {
             None
         };
-        ensure_dir(dir.as_fd(), Path::new("tmp"))?;
-        ensure_dir(dir.as_fd(), Path::new("index"))?;
+        let fresh = ensure_dir(dir.as_fd(), Path::new("tmp"))?;
         let tmp = sys::open_dir_path(dir.as_fd(), Path::new("tmp"))?;
-        let index = sys::open_dir_path(dir.as_fd(), Path::new("index"))?;
-        clear_dir(tmp.as_fd())?;
+        if !fresh {
+            clear_dir(tmp.as_fd())?;
+        }
+        let index = std::sync::OnceLock::new();
+        match sys::open_dir_path(dir.as_fd(), Path::new("index")) {
+            Ok(fd) => {
+                let _ = index.set(fd);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
         Ok(WorkDir {
             path: shown,
+            dir,
             tmp,
             index,
-            counter: AtomicU64::new(0),
-            shared_whiteout: parking_lot::Mutex::new(None),
+            making_index: parking_lot::Mutex::new(()),
+            shared_whiteout: parking_lot::Mutex::new(false),
             no_shared_whiteout: AtomicBool::new(false),
+            counter: AtomicU64::new(0),
             _lock: lock,
         })
+    }
+
+    /// The hard-link index, if it was ever made (None: nothing is indexed).
+    pub(crate) fn index_if_made(&self) -> Option<BorrowedFd<'_>> {
+        self.index.get().map(|fd| fd.as_fd())
+    }
+
+    /// The hard-link index, made on first use.
+    pub(crate) fn index(&self) -> io::Result<BorrowedFd<'_>> {
+        if let Some(fd) = self.index_if_made() {
+            return Ok(fd);
+        }
+        let _making = self.making_index.lock();
+        if self.index.get().is_none() {
+            ensure_dir(self.dir.as_fd(), Path::new("index"))?;
+            let _ = self
+                .index
+                .set(sys::open_dir_path(self.dir.as_fd(), Path::new("index"))?);
+        }
+        self.index_if_made()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
+    /// The entry `key` in the hard-link index, if there is one.
+    pub(crate) fn indexed(&self, key: &str) -> io::Result<Option<super::Stat>> {
+        match self.index_if_made() {
+            Some(ix) => sys::stat_opt(ix, OsStr::new(key)),
+            None => Ok(None),
+        }
     }
 
     /// A fresh name in the scratch directory.
@@ -132,41 +179,36 @@ impl WorkDir {
         format!("#{:x}.{n}", std::process::id())
     }
 
+    /// Makes the shared whiteout inode unless it is there (one a stopped mount left is
+    /// made anew: this mount's user must be able to make one). The mount's format probe
+    /// calls this, so that the device it makes is the one the first whiteout links.
+    pub(crate) fn make_shared_whiteout(&self) -> bool {
+        let mut made = self.shared_whiteout.lock();
+        if !*made {
+            let name = OsStr::new(WHITEOUT_NAME);
+            let _ = sys::unlinkat(self.dir.as_fd(), name, false);
+            *made = sys::mknodat(self.dir.as_fd(), name, libc::S_IFCHR, 0).is_ok();
+        }
+        *made
+    }
+
     /// Makes `name` in `dir` (absent there) an overlay whiteout by hard-linking the shared
     /// whiteout inode. `Ok(false)`: no link could be made (another filesystem, links
     /// refused); the caller then makes a whiteout of its own.
     pub(crate) fn link_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+        let shared = OsStr::new(WHITEOUT_NAME);
         // Twice at most: the shared inode may be full (EMLINK) or gone (cleared by hand).
         for _ in 0..2 {
-            if self.no_shared_whiteout.load(Ordering::Relaxed) {
+            if self.no_shared_whiteout.load(Ordering::Relaxed) || !self.make_shared_whiteout() {
                 return Ok(false);
             }
-            let shared = {
-                let mut g = self.shared_whiteout.lock();
-                match &*g {
-                    Some(n) => n.clone(),
-                    None => {
-                        let n = self.temp_name();
-                        if sys::mknodat(self.tmp.as_fd(), OsStr::new(&n), libc::S_IFCHR, 0).is_err()
-                        {
-                            return Ok(false);
-                        }
-                        *g = Some(n.clone());
-                        n
-                    }
-                }
-            };
-            match sys::linkat(self.tmp.as_fd(), OsStr::new(&shared), dir, name) {
+            match sys::linkat(self.dir.as_fd(), shared, dir, name) {
                 Ok(()) => return Ok(true),
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EMLINK) | Some(libc::ENOENT) => {
-                        let mut g = self.shared_whiteout.lock();
-                        if g.as_deref() == Some(shared.as_str()) {
-                            let _ = sys::unlinkat(self.tmp.as_fd(), OsStr::new(&shared), false);
-                            *g = None;
-                        }
-                        // ENOENT may also mean that `dir` itself is gone: the caller's
-                        // own mknod then says so.
+                        // The next round makes a new one. ENOENT may also mean that `dir`
+                        // itself is gone: the caller's own mknod then says so.
+                        *self.shared_whiteout.lock() = false;
                     }
                     Some(libc::EEXIST) => return Err(e),
                     // A directory on another filesystem below the branch root.
@@ -186,10 +228,11 @@ impl WorkDir {
     }
 }
 
-fn ensure_dir(dir: BorrowedFd<'_>, rel: &Path) -> io::Result<()> {
+/// Makes `rel` in `dir`; `false`: it was there.
+fn ensure_dir(dir: BorrowedFd<'_>, rel: &Path) -> io::Result<bool> {
     match sys::mkdirat(dir, rel.as_os_str(), 0o700) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -405,9 +405,7 @@ fn copy_file_into(
     let key = (st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1)
         .then(|| inode::index_key(obj.ino));
     if let Some(key) = &key {
-        if sys::stat_opt(work.index.as_fd(), OsStr::new(key))
-            .ctx("copy-up", rel)?
-            .is_some()
+        if work.indexed(key).ctx("copy-up", rel)?.is_some()
         {
             return link_up(stack, work, key, dst, name, rel).map(|()| 0);
         }
@@ -749,6 +747,30 @@ mod tests {
         );
         assert_eq!(ma.ino(), mb.ino(), "one inode upstairs");
         assert_eq!(b3.ino, a.ino);
+    }
+
+    #[test]
+    fn the_hard_link_index_is_made_by_its_first_entry_and_found_by_the_next_mount() {
+        let t = Tree::new(&["rw", "ro"]);
+        t.file("ro", "a", "shared");
+        t.file("ro", "single", "one");
+        std::fs::hard_link(t.path("ro").join("a"), t.path("ro").join("b")).unwrap();
+        let index = t
+            .path("rw")
+            .join(super::super::branch::HIDDEN_WORK_NAME)
+            .join("index");
+        let u = t.union(super::super::FormatChoice::Wh);
+        assert!(!index.exists(), "a mount makes no index");
+        assert!(lookup_path(&u, "b").indexed.is_none());
+        u.copy_up(&lookup_path(&u, "single"), Data::Full).unwrap();
+        assert!(!index.exists(), "a file with one name needs none");
+        u.copy_up(&lookup_path(&u, "a"), Data::Full).unwrap();
+        assert!(index.is_dir(), "made for the first multiply-linked copy-up");
+        drop(u);
+        let again = t.union(super::super::FormatChoice::Wh);
+        let b = lookup_path(&again, "b");
+        assert!(b.indexed.is_some(), "the next mount reads the index");
+        assert_eq!(read(&again, &b), "shared");
     }
 
     #[test]

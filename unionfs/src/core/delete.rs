@@ -356,7 +356,16 @@ mod tests {
         t.dir("ro", "d");
         t.dir("rw", "merged");
         t.dir("ro", "merged");
+        // Whatever an earlier mount left under the shared whiteout's name is replaced.
+        let work = t.path("rw").join(super::super::branch::HIDDEN_WORK_NAME);
+        std::fs::create_dir(&work).unwrap();
+        std::fs::write(work.join("whiteout"), "left").unwrap();
         let u = t.union(FormatChoice::Overlay);
+        let made = std::fs::symlink_metadata(work.join("whiteout")).unwrap();
+        assert!(
+            made.file_type().is_char_device() && made.rdev() == 0,
+            "the mount's probe made the shared whiteout"
+        );
         let root = u.root().unwrap();
         u.unlink(&root, os("a")).unwrap();
         u.unlink(&root, os("b")).unwrap();
@@ -379,6 +388,10 @@ mod tests {
         for n in ["a", "b", "both", "d", "merged"] {
             assert!(try_lookup(&u, n).is_none(), "{n} hidden");
         }
+        // That inode is the one the mount's format probe made, in the work directory.
+        let shared = std::fs::symlink_metadata(work.join("whiteout")).unwrap();
+        assert_eq!(shared.ino(), ids[0], "the probe's device is the shared whiteout");
+        assert_eq!(std::fs::read_dir(work.join("tmp")).unwrap().count(), 0, "tmp stays empty");
         // A name made again where a linked whiteout stood is an ordinary new file.
         std::fs::remove_file(t.path("rw").join("a")).unwrap();
         t.file("rw", "a", "new");

@@ -21,7 +21,10 @@ pub(super) fn add_to_index(
     lower_names: u64,
 ) -> std::io::Result<bool> {
     stack.write_nlink_lower(work.tmp.as_fd(), tmp, lower_names)?;
-    match sys::linkat(work.tmp.as_fd(), tmp, work.index.as_fd(), OsStr::new(key)) {
+    let linked = work
+        .index()
+        .and_then(|ix| sys::linkat(work.tmp.as_fd(), tmp, ix, OsStr::new(key)));
+    match linked {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             let _ = sys::unlinkat(work.tmp.as_fd(), tmp, false);
@@ -44,7 +47,7 @@ pub(super) fn link_up(
     rel: &Path,
 ) -> Result<()> {
     link_from_index(work, key, dst, name, rel)?;
-    stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(key));
+    dec_nlink_lower(stack, work, key);
     Ok(())
 }
 
@@ -59,7 +62,7 @@ impl Union {
         };
         if let Some((k, key)) = &obj.indexed {
             if *k == target {
-                stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(key));
+                dec_nlink_lower(stack, work, key);
             }
             return Ok(());
         }
@@ -73,11 +76,8 @@ impl Union {
             return Ok(());
         }
         let key = inode::index_key(obj.ino);
-        if sys::stat_opt(work.index.as_fd(), OsStr::new(&key))
-            .ctx("unlink", rel)?
-            .is_some()
-        {
-            stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(&key));
+        if work.indexed(&key).ctx("unlink", rel)?.is_some() {
+            dec_nlink_lower(stack, work, &key);
             return Ok(());
         }
         let tmp = OsString::from(work.temp_name());
@@ -104,10 +104,17 @@ impl Union {
         }
         // All lower names but the one being deleted still lead to it.
         if !add_to_index(stack, work, &tmp, &key, st.st_nlink - 1).ctx("unlink", rel)? {
-            stack.dec_nlink_lower(work.index.as_fd(), OsStr::new(&key));
+            dec_nlink_lower(stack, work, &key);
             return Ok(());
         }
         sys::unlinkat(work.tmp.as_fd(), &tmp, false).ctx("unlink", rel)
+    }
+}
+
+/// One lower name fewer leads to the indexed inode `key`.
+fn dec_nlink_lower(stack: &Stack, work: &super::branch::WorkDir, key: &str) {
+    if let Some(index) = work.index_if_made() {
+        stack.dec_nlink_lower(index, OsStr::new(key));
     }
 }
 
@@ -119,7 +126,8 @@ fn link_from_index(
     rel: &Path,
 ) -> Result<()> {
     let before = sys::fstat(dst).ok();
-    sys::linkat(work.index.as_fd(), OsStr::new(key), dst, name).ctx("copy-up", rel)?;
+    let index = work.index().ctx("copy-up", rel)?;
+    sys::linkat(index, OsStr::new(key), dst, name).ctx("copy-up", rel)?;
     if let Some(b) = before {
         restore_times(dst, &b);
     }

@@ -408,9 +408,12 @@ fn find_index(stack: &Stack, obj: &mut Obj, id: u64) {
         return;
     };
     let key = inode::index_key(id);
-    if let Ok(Some(st)) = sys::stat_opt(w.index.as_fd(), OsStr::new(&key)) {
+    let Some(index) = w.index_if_made() else {
+        return;
+    };
+    if let Ok(Some(st)) = sys::stat_opt(index, OsStr::new(&key)) {
         let mut st = st;
-        st.st_nlink = stack.union_nlink(w.index.as_fd(), OsStr::new(&key), &st);
+        st.st_nlink = stack.union_nlink(index, OsStr::new(&key), &st);
         obj.st = st;
         obj.indexed = Some((k, key));
     }

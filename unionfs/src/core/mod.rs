@@ -147,7 +147,12 @@ impl Stack {
         };
         let top_work = branches.iter().find_map(|b| b.work.as_ref());
         let overlay = match top_work {
-            Some(w) => candidates.iter().copied().find(|f| f.probe(w.tmp.as_fd())),
+            // The probe's whiteout device is the one the first whiteout links: a mount
+            // makes one inode for it, not two.
+            Some(w) => candidates
+                .iter()
+                .copied()
+                .find(|f| w.make_shared_whiteout() && f.probe_xattrs(w.tmp.as_fd())),
             None => candidates.first().copied(),
         };
         let format = match (choice, overlay) {
@@ -588,12 +593,9 @@ impl Union {
                 op: "open",
                 path: obj.path.clone(),
             })?;
-            sys::openat(
-                w.index.as_fd(),
-                OsStr::new(key),
-                open_flags & !libc::O_TRUNC,
-                0,
-            )
+            w.index().and_then(|ix| {
+                sys::openat(ix, OsStr::new(key), open_flags & !libc::O_TRUNC, 0)
+            })
         } else {
             // A metadata-only copy is read from the file that still holds its data.
             let from = if target.is_metacopy() && !writes {

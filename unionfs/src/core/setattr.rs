@@ -79,9 +79,9 @@ impl Union {
         let stack = self.stack();
         if let Some((k, key)) = &obj.indexed {
             if let Some(w) = stack.branch(*k).work.as_ref() {
-                let mut st =
-                    sys::fstatat(w.index.as_fd(), OsStr::new(key)).ctx("stat", &obj.path)?;
-                st.st_nlink = stack.union_nlink(w.index.as_fd(), OsStr::new(key), &st);
+                let index = w.index().ctx("stat", &obj.path)?;
+                let mut st = sys::fstatat(index, OsStr::new(key)).ctx("stat", &obj.path)?;
+                st.st_nlink = stack.union_nlink(index, OsStr::new(key), &st);
                 return Ok(st);
             }
         }
@@ -108,7 +108,10 @@ impl Union {
         let stack = self.stack();
         if let Some((k, key)) = &obj.indexed {
             if let Some(w) = stack.branch(*k).work.as_ref() {
-                let fd = w.index.try_clone().ctx("xattr", &obj.path)?;
+                let fd = w
+                    .index()
+                    .and_then(|ix| ix.try_clone_to_owned())
+                    .ctx("xattr", &obj.path)?;
                 return Ok((fd, OsString::from(key)));
             }
         }

@@ -343,27 +343,32 @@ impl WhiteoutFormat {
 
     /// Probes whether the format can be written in `dir` (a scratch directory).
     pub(crate) fn probe(&self, dir: BorrowedFd<'_>) -> bool {
+        if !matches!(self, WhiteoutFormat::Overlay { .. }) {
+            return true;
+        }
         let name = OsStr::new("#probe");
         let _ = sys::unlinkat(dir, name, false);
-        let ok = match self {
-            WhiteoutFormat::Overlay { .. } => {
-                if sys::mknodat(dir, name, libc::S_IFCHR, 0).is_err() {
-                    return false;
-                }
-                let _ = sys::unlinkat(dir, name, false);
-                // The opaque xattr on `dir` itself, not on a directory made for it: an
-                // rmdir on ext4 mounted with `discard` waits for the device. A marker
-                // `dir` already has (EEXIST) says as much, and stays.
-                let (here, attr) = (OsStr::new(""), OsStr::new(self.opaque_xattr()));
-                match sys::setxattr(dir, here, attr, b"y", libc::XATTR_CREATE) {
-                    Ok(()) => sys::removexattr(dir, here, attr).is_ok(),
-                    Err(e) => e.raw_os_error() == Some(libc::EEXIST),
-                }
-            }
-            WhiteoutFormat::Wh | WhiteoutFormat::Meta => true,
-        };
+        if sys::mknodat(dir, name, libc::S_IFCHR, 0).is_err() {
+            return false;
+        }
         let _ = sys::unlinkat(dir, name, false);
-        ok
+        self.probe_xattrs(dir)
+    }
+
+    /// The part of `probe` past the whiteout device: whether the format's xattrs can be
+    /// written on `dir`.
+    pub(crate) fn probe_xattrs(&self, dir: BorrowedFd<'_>) -> bool {
+        if !matches!(self, WhiteoutFormat::Overlay { .. }) {
+            return true;
+        }
+        // The opaque xattr on `dir` itself, not on a directory made for it: an rmdir on
+        // ext4 mounted with `discard` waits for the device. A marker `dir` already has
+        // (EEXIST) says as much, and stays.
+        let (here, attr) = (OsStr::new(""), OsStr::new(self.opaque_xattr()));
+        match sys::setxattr(dir, here, attr, b"y", libc::XATTR_CREATE) {
+            Ok(()) => sys::removexattr(dir, here, attr).is_ok(),
+            Err(e) => e.raw_os_error() == Some(libc::EEXIST),
+        }
     }
 }
 
