@@ -2,7 +2,7 @@
 //! daemonize, unmount cleanly on SIGTERM/SIGINT/SIGHUP.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use fuser::{Config as FuseConfig, MountOption, SessionACL};
@@ -99,9 +99,7 @@ fn fuse_config(cfg: &MountConfig) -> FuseConfig {
     } else {
         SessionACL::Owner
     };
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let cores = crate::core::cpus();
     // The most /dev/fuse loops (fuser starts four, and more as requests wait for one).
     // At least 8: opens waiting for a RELEASE in flight (a snapshot draining
     // passthrough writers) must leave threads to serve that RELEASE.
@@ -121,6 +119,46 @@ fn block_signals() -> nix::sys::signal::SigSet {
     set.add(Signal::SIGHUP);
     let _ = set.thread_block();
     set
+}
+
+/// The stop signals (blocked in every thread), read from a signalfd: each unmounts.
+struct StopSignals {
+    fd: nix::sys::signalfd::SignalFd,
+    unmount: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl StopSignals {
+    fn new(
+        set: &nix::sys::signal::SigSet,
+        unmount: Arc<dyn Fn() + Send + Sync>,
+    ) -> std::io::Result<StopSignals> {
+        let fd = nix::sys::signalfd::SignalFd::with_flags(
+            set,
+            nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+        )?;
+        Ok(StopSignals { fd, unmount })
+    }
+
+    /// Takes a pending stop signal, if any, and unmounts.
+    fn take(&self) {
+        if let Ok(Some(info)) = self.fd.read_signal() {
+            let sig = nix::sys::signal::Signal::try_from(info.ssi_signo as i32);
+            tracing::info!("{sig:?}: unmounting");
+            (self.unmount)();
+        }
+    }
+
+    /// Waits for the stop signals, unmounting at each.
+    fn wait(&self) {
+        loop {
+            let mut fds = [nix::poll::PollFd::new(self.fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                Ok(_) => self.take(),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 /// Mounts and serves until unmounted. `ready` (daemon mode) hears "ok" once the mount
@@ -239,27 +277,26 @@ impl Mounted {
             control,
             signals,
         } = self;
-        // A stop signal that comes before this thread exists stays pending, as the
-        // signals are blocked, until it waits for it.
-        let on_signal = unmount.clone();
-        std::thread::Builder::new()
-            .name("unionfs-signals".into())
-            .spawn(move || {
-                if let Ok(sig) = signals.wait() {
-                    tracing::info!("{sig:?}: unmounting");
-                    on_signal();
-                }
-            })
-            .map_err(|e| {
-                unmount();
-                runtime(format!("cannot start the signal thread: {e}"))
-            })?;
-        if let Some(s) = &socket {
-            let (s, mp) = (s.clone(), cfg.mountpoint.clone());
-            let _ = std::thread::Builder::new()
-                .name("unionfs-ctl".into())
-                .spawn(move || s.serve(control, mp));
-        }
+        // A stop signal that comes before it is watched stays pending, as the signals
+        // are blocked, until it is read. The control thread watches them, so that a
+        // mount starts one thread fewer; without a control socket, a thread of its own.
+        let cannot_watch = |e: std::io::Error| {
+            unmount();
+            runtime(format!("cannot watch the stop signals: {e}"))
+        };
+        let stop = StopSignals::new(&signals, unmount.clone()).map_err(cannot_watch)?;
+        let watching = match &socket {
+            Some(s) => {
+                let (s, mp) = (s.clone(), cfg.mountpoint.clone());
+                std::thread::Builder::new()
+                    .name("unionfs-ctl".into())
+                    .spawn(move || s.serve(control, mp, Some((stop.fd.as_fd(), &|| stop.take()))))
+            }
+            None => std::thread::Builder::new()
+                .name("unionfs-signals".into())
+                .spawn(move || stop.wait()),
+        };
+        watching.map_err(cannot_watch)?;
         let r = session
             .run()
             .map_err(|e| runtime(format!("serving {}: {e}", cfg.mountpoint.display())));

@@ -186,7 +186,7 @@ impl Stack {
             devs,
             layers_gen: std::sync::atomic::AtomicU64::new(born),
             floor: std::sync::atomic::AtomicU64::new(born),
-            changed_dirs: dashmap::DashMap::new(),
+            changed_dirs: new_map(),
             born,
         }
     }
@@ -410,7 +410,7 @@ impl Union {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             gate: RwLock::new(()),
             stats: Stats::default(),
-            nlink_cache: dashmap::DashMap::new(),
+            nlink_cache: new_map(),
             dir_epoch: std::sync::atomic::AtomicU64::new(0),
             subdir_changes: std::sync::atomic::AtomicU64::new(0),
             changes: std::sync::atomic::AtomicU64::new(0),
@@ -639,6 +639,16 @@ impl Union {
 pub fn prepare_process() {
     sys::umask_zero();
     sys::reserve_fd_table(4096);
+}
+
+pub(crate) use sys::cpus;
+
+/// A concurrent map with dashmap's default sharding (four shards per CPU), counted
+/// without std's cgroup reads (see `sys::cpus`).
+pub(crate) fn new_map<K: Eq + std::hash::Hash, V>() -> dashmap::DashMap<K, V> {
+    static SHARDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let shards = *SHARDS.get_or_init(|| (4 * sys::cpus()).next_power_of_two().max(2));
+    dashmap::DashMap::with_shard_amount(shards)
 }
 
 /// FUSE's root node id, which is also the root's st_ino.

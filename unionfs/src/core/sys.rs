@@ -653,3 +653,15 @@ pub(crate) fn futimens_path(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> 
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) })
 }
+
+/// How many CPUs this process may run on. std's `available_parallelism` also reads the
+/// cgroup's CPU quota files: a dozen more syscalls in every mount command.
+pub(crate) fn cpus() -> usize {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set for the kernel to fill in.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return 1;
+    }
+    (unsafe { libc::CPU_COUNT(&set) } as usize).max(1)
+}

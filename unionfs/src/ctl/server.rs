@@ -2,6 +2,7 @@
 //! request applied atomically to the stack, then the kernel's caches dropped.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -44,10 +45,31 @@ impl Server {
         let _ = std::fs::remove_file(&self.path);
     }
 
-    /// Serves requests until the process ends (run it on its own thread).
-    pub fn serve(&self, ctl: Control, mountpoint: PathBuf) {
-        for conn in self.listener.incoming() {
-            let Ok(conn) = conn else { continue };
+    /// Serves requests until the process ends (run it on its own thread). `also`: a
+    /// descriptor this thread watches too, and what to do when it is readable (the
+    /// daemon's stop signals, so that they need no thread of their own).
+    pub fn serve(&self, ctl: Control, mountpoint: PathBuf, also: Option<(BorrowedFd<'_>, &dyn Fn())>) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        loop {
+            let mut fds = vec![PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+            if let Some((fd, _)) = &also {
+                fds.push(PollFd::new(*fd, PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            if let (Some((_, on_ready)), Some(fd)) = (&also, fds.get(1)) {
+                if ready(fd) {
+                    on_ready();
+                }
+            }
+            if !ready(&fds[0]) {
+                continue;
+            }
+            let Ok((conn, _)) = self.listener.accept() else { continue };
             let ctl = ctl.clone();
             let mp = mountpoint.clone();
             let _ = std::thread::Builder::new()

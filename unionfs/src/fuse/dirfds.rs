@@ -27,7 +27,7 @@ impl DirFdCache {
     /// A cache whose entries live at most `max_age` (zero: no caching).
     pub(crate) fn new(max_age: Duration) -> DirFdCache {
         DirFdCache {
-            map: DashMap::new(),
+            map: crate::core::new_map(),
             max_age,
         }
     }

@@ -45,7 +45,7 @@ impl HandleTable {
     pub(crate) fn new() -> HandleTable {
         HandleTable {
             next: AtomicU64::new(1),
-            map: DashMap::new(),
+            map: crate::core::new_map(),
         }
     }
 

@@ -134,7 +134,7 @@ pub(crate) struct NodeTable {
 
 impl NodeTable {
     pub(crate) fn new(root: Obj) -> NodeTable {
-        let map = DashMap::new();
+        let map = crate::core::new_map();
         map.insert(
             crate::core::fuser_root_ino(),
             Arc::new(Node {

@@ -27,7 +27,7 @@ impl UnionFs {
             union: union.clone(),
             nodes: Arc::new(NodeTable::new(root)),
             handles: Arc::new(HandleTable::new()),
-            listings: dashmap::DashMap::new(),
+            listings: crate::core::new_map(),
             file_lookups: super::dir::FileLookups::new(),
             dir_fds: Arc::new(super::dirfds::DirFdCache::new(ttl.entry)),
             readahead: Arc::new(super::readahead::ReadAhead::new(

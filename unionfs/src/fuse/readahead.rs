@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::{DashMap, DashSet};
+use dashmap::DashMap;
 use parking_lot::{Condvar, Mutex};
 
 use super::listing::Listing;
@@ -94,7 +94,7 @@ pub(super) struct ReadAhead {
     held_entries: AtomicU64,
     held_fds: AtomicU64,
     /// Directories the walk listed lately (not to be read ahead again).
-    listed: DashSet<u64>,
+    listed: DashMap<u64, ()>,
     thread: AtomicBool,
     /// The thread waits for work or room.
     waiting: AtomicBool,
@@ -112,10 +112,10 @@ impl ReadAhead {
             last_scan: AtomicU64::new(0),
             queue: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
-            ready: DashMap::new(),
+            ready: crate::core::new_map(),
             held_entries: AtomicU64::new(0),
             held_fds: AtomicU64::new(0),
-            listed: DashSet::new(),
+            listed: crate::core::new_map(),
             thread: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
             last_changes: AtomicU64::new(NEVER),
@@ -149,7 +149,7 @@ impl ReadAhead {
         if self.listed.len() >= MAX_LISTED {
             self.listed.clear();
         }
-        self.listed.insert(ino);
+        self.listed.insert(ino, ());
         let Some((_, a)) = self.ready.remove(&ino) else {
             self.queue.lock().retain(|j| j.ino != ino);
             return None;
@@ -174,7 +174,7 @@ impl ReadAhead {
 
     /// Whether `ino` is read ahead, or was listed by the walk lately.
     fn known(&self, ino: u64) -> bool {
-        self.ready.contains_key(&ino) || self.listed.contains(&ino)
+        self.ready.contains_key(&ino) || self.listed.contains_key(&ino)
     }
 
     /// Reads `dirs` ahead, before anything queued earlier.
