@@ -322,15 +322,38 @@ fn ring_workers_run_on_their_queues_cpu_unless_uring_pin_is_off() {
             .arg(format!("{}=rw:{}=ro", up.display(), low.display()))
             .arg(&mnt);
         let mut g = MountGuard::foreground(cmd, &mnt, Duration::from_secs(15));
-        some_requests(&mnt);
+        // Requests from each of our CPUs: queue N serves those issued on CPU N.
+        let ours: Vec<usize> = (0..1024).filter(|c| cpu_list_has(&mine, &c.to_string())).collect();
+        for &cpu in &ours {
+            let m = mnt.clone();
+            std::thread::spawn(move || {
+                pin_this_thread(cpu);
+                some_requests(&m);
+            })
+            .join()
+            .unwrap();
+        }
         let workers = ring_workers(g.child().unwrap().id());
         assert!(!workers.is_empty(), "no ring workers with uring=on");
         for (queue, cpus) in &workers {
-            if pin == "on" && cpu_list_has(&mine, queue) {
-                // Queue N serves the requests issued on CPU N.
-                assert_eq!(cpus, queue, "uring_pin=on: worker of queue {queue}");
+            if pin == "on" {
+                // A worker moves to its queue's CPU with its first request (a spare
+                // that has served none yet still runs anywhere).
+                assert!(
+                    cpus == queue || cpus == &mine,
+                    "uring_pin=on: worker of queue {queue} on {cpus}"
+                );
             } else {
                 assert_eq!(cpus, &mine, "uring_pin=off: worker of queue {queue}");
+            }
+        }
+        if pin == "on" {
+            for cpu in &ours {
+                let q = cpu.to_string();
+                assert!(
+                    workers.iter().any(|(queue, cpus)| *queue == q && *cpus == q),
+                    "uring_pin=on: no worker of queue {q} runs on CPU {q}: {workers:?}"
+                );
             }
         }
         assert!(g.unmount().expect("status").success());

@@ -262,13 +262,13 @@ impl RingPool {
     }
 
     /// Makes a worker of queue `qid` on the calling thread, which is then its thread
-    /// (the kernel delivers requests through the task that submitted the fetch).
+    /// (the kernel delivers requests through the task that submitted the fetch). It
+    /// moves to its queue's CPU with its first request (`Worker::run`): until then it
+    /// runs where the scheduler finds room, not beside whatever runs on that CPU (at
+    /// mount, often the next command).
     fn start_here(self: &Arc<Self>, qid: u16) -> io::Result<Arc<Worker>> {
         let w = Worker::new(qid, self.clone())?;
         let _ = w.thread.set(std::thread::current().id());
-        if self.params.pin {
-            pin_to_cpu(qid as usize);
-        }
         w.register()?;
         Ok(w)
     }
@@ -407,6 +407,7 @@ impl Worker {
         let mut buf = Vec::with_capacity(IN_HEADER_LEN + OP_IN_SZ + MIN_PAYLOAD);
         let mut pending = self.early.lock().take();
         let mut failures = 0;
+        let mut pinned = !self.pool.params.pin;
         let load = &self.pool.queues[self.qid as usize];
         loop {
             load.idle.fetch_add(1, Ordering::SeqCst);
@@ -429,8 +430,9 @@ impl Worker {
                 continue;
             }
             failures = 0;
-            if none_waiting {
-                self.pool.grow(self.qid, el);
+            if !pinned {
+                pin_to_cpu(self.qid as usize);
+                pinned = true;
             }
             SERVED.fetch_add(1, Ordering::Relaxed);
             self.assemble(&mut buf);
@@ -464,6 +466,13 @@ impl Worker {
             let mut r = self.replied.lock();
             while !*r {
                 self.replied_cv.wait(&mut r);
+            }
+            drop(r);
+            // Another worker for this queue, once this reply is on its way: the caller
+            // does not wait for a thread to start.
+            if none_waiting {
+                self.ring.submit()?;
+                self.pool.grow(self.qid, el);
             }
         }
     }
