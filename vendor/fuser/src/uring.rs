@@ -284,10 +284,14 @@ impl RingPool {
         let name = format!("fuser-uring-{qid}.{n}");
         let el = el.sibling(name.clone());
         let pool = self.clone();
+        // Counted as waiting from now on: a request that comes before it is up is not
+        // a reason to start yet another.
+        load.idle.fetch_add(1, Ordering::SeqCst);
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
             match pool.start_here(qid) {
-                Ok(w) => w.run(&el),
+                Ok(w) => w.run(&el, true),
                 Err(e) => {
+                    pool.queues[qid as usize].idle.fetch_sub(1, Ordering::SeqCst);
                     pool.queues[qid as usize].live.fetch_sub(1, Ordering::SeqCst);
                     if !e.raw_os_error().is_some_and(is_teardown) {
                         warn!("cannot start another io_uring worker for queue {qid}: {e}");
@@ -299,6 +303,7 @@ impl RingPool {
         match spawned {
             Ok(h) => self.threads.lock().push(h),
             Err(e) => {
+                load.idle.fetch_sub(1, Ordering::SeqCst);
                 load.live.fetch_sub(1, Ordering::SeqCst);
                 warn!("cannot start another io_uring worker for queue {qid}: {e}");
             }
@@ -403,14 +408,26 @@ impl Worker {
     }
 
     /// Serves requests until the connection goes away.
-    fn run<FS: Filesystem>(self: &Arc<Self>, el: &SessionEventLoop<FS>) -> io::Result<()> {
+    /// `counted`: the pool counted this worker as waiting when it started it.
+    fn run<FS: Filesystem>(self: &Arc<Self>, el: &SessionEventLoop<FS>, counted: bool) -> io::Result<()> {
         let mut buf = Vec::with_capacity(IN_HEADER_LEN + OP_IN_SZ + MIN_PAYLOAD);
         let mut pending = self.early.lock().take();
         let mut failures = 0;
         let mut pinned = !self.pool.params.pin;
+        let mut grow = false;
         let load = &self.pool.queues[self.qid as usize];
+        let mut counted = counted;
         loop {
-            load.idle.fetch_add(1, Ordering::SeqCst);
+            if !std::mem::take(&mut counted) {
+                load.idle.fetch_add(1, Ordering::SeqCst);
+            }
+            // Another worker for this queue, once the last reply is on its way (the
+            // caller does not wait for a thread to start), and while this one counts as
+            // waiting: its entry takes the next request as soon as it is back.
+            if std::mem::take(&mut grow) {
+                self.ring.submit()?;
+                self.pool.grow(self.qid, el);
+            }
             let res = self.next_completion(&mut pending);
             let none_waiting = load.idle.fetch_sub(1, Ordering::SeqCst) == 1;
             let res = res?;
@@ -468,12 +485,7 @@ impl Worker {
                 self.replied_cv.wait(&mut r);
             }
             drop(r);
-            // Another worker for this queue, once this reply is on its way: the caller
-            // does not wait for a thread to start.
-            if none_waiting {
-                self.ring.submit()?;
-                self.pool.grow(self.qid, el);
-            }
+            grow = none_waiting;
         }
     }
 
@@ -637,5 +649,5 @@ impl Drop for Workers {
 
 /// The body of a worker thread.
 pub(crate) fn serve<FS: Filesystem>(w: &Arc<Worker>, el: &SessionEventLoop<FS>) -> io::Result<()> {
-    w.run(el)
+    w.run(el, false)
 }
