@@ -68,6 +68,8 @@ pub struct WorkDir {
     /// Set when the filesystem refuses such links: every whiteout is then its own inode.
     no_shared_whiteout: AtomicBool,
     counter: AtomicU64,
+    /// Empty files in `tmp` for copy-ups to start from (see `spares.rs`).
+    spares: super::spares::Spares,
     /// Shared flock on `lock` in a native work dir, held while the branch is rw here, so
     /// that `unionfs merge` (which takes it exclusively) never rewrites a live branch.
     _lock: Option<OwnedFd>,
@@ -131,10 +133,12 @@ impl WorkDir {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
+        let spares = super::spares::Spares::new(&tmp, format!("#{:x}.s", std::process::id()))?;
         Ok(WorkDir {
             path: shown,
             dir,
             tmp,
+            spares,
             index,
             making_index: parking_lot::Mutex::new(()),
             shared_whiteout: parking_lot::Mutex::new(false),
@@ -171,6 +175,20 @@ impl WorkDir {
             Some(ix) => sys::stat_opt(ix, OsStr::new(key)),
             None => Ok(None),
         }
+    }
+
+    /// A name in the scratch directory for a copy of a regular file, and whether a file
+    /// (empty, regular, the daemon's) is there already: a spare made ahead.
+    pub(crate) fn temp_file(&self) -> (std::ffi::OsString, bool) {
+        match self.spares.take() {
+            Some(name) => (name, true),
+            None => (self.temp_name().into(), false),
+        }
+    }
+
+    /// Removes the spare files (the mount is ending).
+    pub(crate) fn stop_spares(&self) {
+        self.spares.stop();
     }
 
     /// A fresh name in the scratch directory.

@@ -410,7 +410,11 @@ fn copy_file_into(
             return link_up(stack, work, key, dst, name, rel).map(|()| 0);
         }
     }
-    let tmp = OsString::from(work.temp_name());
+    let (tmp, made) = if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+        work.temp_file()
+    } else {
+        (OsString::from(work.temp_name()), false)
+    };
     // Metadata only where the kernel's layout allows it: a plain file, one name.
     let data = match data {
         Data::Meta if key.is_some() || stack.format.metacopy_xattr().is_none() => Data::Full,
@@ -428,8 +432,7 @@ fn copy_file_into(
         src.as_fd(),
         name,
         &st,
-        work.tmp.as_fd(),
-        &tmp,
+        (work.tmp.as_fd(), &tmp, made),
         data,
         from,
     )
@@ -464,24 +467,21 @@ fn copied_len(st: &Stat, data: Data) -> u64 {
 
 /// Creates `tmp` in `dir` as a copy of `name` in `src`.
 #[allow(clippy::too_many_arguments)]
+/// Builds the copy of `src`/`name` as `tmp` in `dir` (`made`: `tmp` is there already,
+/// an empty regular file).
 pub(super) fn build_copy(
     stack: &Stack,
     src: BorrowedFd<'_>,
     name: &OsStr,
     st: &Stat,
-    dir: BorrowedFd<'_>,
-    tmp: &OsStr,
+    (dir, tmp, made): (BorrowedFd<'_>, &OsStr, bool),
     data: Data,
     data_from: Option<BorrowedFd<'_>>,
 ) -> std::io::Result<()> {
     match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => {
-            let out = sys::openat(
-                dir,
-                tmp,
-                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                0o600,
-            )?;
+            let create = if made { 0 } else { libc::O_CREAT | libc::O_EXCL };
+            let out = sys::openat(dir, tmp, create | libc::O_WRONLY, 0o600)?;
             let len = match data {
                 Data::Full => st.st_size as u64,
                 Data::Truncate(n) => n.min(st.st_size as u64),
@@ -643,13 +643,18 @@ mod tests {
             assert_eq!(pm.mtime(), 1_100_000_000, "parent times kept");
             // The lower file is untouched.
             assert_eq!(std::fs::metadata(&f).unwrap().mtime_nsec(), 123_456_789);
-            // The work dir holds nothing afterwards.
-            assert_eq!(
-                std::fs::read_dir(t.path("rw").join(".unionfs-work/tmp"))
-                    .unwrap()
-                    .count(),
-                0
-            );
+            // The work dir holds nothing afterwards but empty spare files.
+            let spare = format!("#{:x}.s", std::process::id());
+            for e in std::fs::read_dir(t.path("rw").join(".unionfs-work/tmp")).unwrap() {
+                let e = e.unwrap();
+                let name = e.file_name().into_string().unwrap();
+                let m = e.metadata().unwrap();
+                assert!(
+                    name.starts_with(&spare) && m.is_file() && m.len() == 0,
+                    "{name} ({} bytes) left in tmp",
+                    m.len()
+                );
+            }
         }
     }
 
@@ -771,6 +776,54 @@ mod tests {
         let b = lookup_path(&again, "b");
         assert!(b.indexed.is_some(), "the next mount reads the index");
         assert_eq!(read(&again, &b), "shared");
+    }
+
+    #[test]
+    fn copy_ups_start_from_spare_files_which_the_end_of_the_mount_removes() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = Tree::new(&["rw", "ro"]);
+        for i in 0..40 {
+            t.file("ro", &format!("f{i}"), &format!("data {i}\n"));
+            let p = t.path("ro").join(format!("f{i}"));
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640 + (i % 8)))
+                .unwrap();
+        }
+        let tmp = t
+            .path("rw")
+            .join(super::super::branch::HIDDEN_WORK_NAME)
+            .join("tmp");
+        let u = t.union(super::super::FormatChoice::Wh);
+        for i in 0..40 {
+            let data = if i % 2 == 0 { Data::Full } else { Data::Meta };
+            u.copy_up(&lookup_path(&u, &format!("f{i}")), data).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // Spares wait in tmp, and the next copy-up is one of them.
+        let spares: Vec<u64> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().ino())
+            .collect();
+        assert!(!spares.is_empty(), "spares ready in tmp");
+        t.file("ro", "next", "next\n");
+        u.copy_up(&lookup_path(&u, "next"), Data::Full).unwrap();
+        let next = std::fs::metadata(t.path("rw").join("next")).unwrap();
+        assert!(spares.contains(&next.ino()), "the copy-up took a spare");
+        assert_eq!(std::fs::read_to_string(t.path("rw").join("next")).unwrap(), "next\n");
+        for i in 0..40 {
+            let (lo, up) = (
+                std::fs::metadata(t.path("ro").join(format!("f{i}"))).unwrap(),
+                std::fs::metadata(t.path("rw").join(format!("f{i}"))).unwrap(),
+            );
+            assert_eq!(up.permissions().mode(), lo.permissions().mode(), "f{i}: mode");
+            assert_eq!((up.uid(), up.gid(), up.mtime()), (lo.uid(), lo.gid(), lo.mtime()));
+            assert_eq!(read(&u, &lookup_path(&u, &format!("f{i}"))), format!("data {i}\n"));
+        }
+        u.end_of_mount();
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "spares removed");
+        // Later copy-ups make their own files again.
+        t.file("ro", "late", "late\n");
+        u.copy_up(&lookup_path(&u, "late"), Data::Full).unwrap();
+        assert_eq!(std::fs::read_to_string(t.path("rw").join("late")).unwrap(), "late\n");
     }
 
     #[test]

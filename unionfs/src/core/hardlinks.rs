@@ -91,8 +91,7 @@ impl Union {
             src.as_fd(),
             obj.name(),
             &st,
-            work.tmp.as_fd(),
-            &tmp,
+            (work.tmp.as_fd(), &tmp, false),
             Data::Full,
             data_dir.as_ref().map(|d| d.as_fd()),
         )

@@ -16,6 +16,7 @@ mod lift;
 mod lookup;
 pub mod meta;
 mod readdir;
+mod spares;
 mod rename;
 pub mod setattr;
 pub mod stackops;
@@ -535,6 +536,15 @@ impl Union {
             indexed: None,
             gen,
         })
+    }
+
+    /// The mount is ending: what was made ahead for it goes (spare files).
+    pub fn end_of_mount(&self) {
+        for b in &self.stack().branches {
+            if let Some(w) = &b.work {
+                w.stop_spares();
+            }
+        }
     }
 
     /// Reads a symlink.

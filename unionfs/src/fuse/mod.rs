@@ -110,6 +110,12 @@ impl fuser::Filesystem for UnionFs {
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        // The control thread may still hold the union: its work directories' spare
+        // files go now, not with the last reference.
+        self.union.end_of_mount();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _gate = self.union.read_guard();
         let r = self.node(parent).and_then(|p| {
