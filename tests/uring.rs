@@ -323,7 +323,9 @@ fn ring_workers_run_on_their_queues_cpu_unless_uring_pin_is_off() {
             .arg(&mnt);
         let mut g = MountGuard::foreground(cmd, &mnt, Duration::from_secs(15));
         // Requests from each of our CPUs: queue N serves those issued on CPU N.
-        let ours: Vec<usize> = (0..1024).filter(|c| cpu_list_has(&mine, &c.to_string())).collect();
+        let ours: Vec<usize> = (0..1024)
+            .filter(|c| cpu_list_has(&mine, &c.to_string()))
+            .collect();
         for &cpu in &ours {
             let m = mnt.clone();
             std::thread::spawn(move || {
@@ -351,7 +353,9 @@ fn ring_workers_run_on_their_queues_cpu_unless_uring_pin_is_off() {
             for cpu in &ours {
                 let q = cpu.to_string();
                 assert!(
-                    workers.iter().any(|(queue, cpus)| *queue == q && *cpus == q),
+                    workers
+                        .iter()
+                        .any(|(queue, cpus)| *queue == q && *cpus == q),
                     "uring_pin=on: no worker of queue {q} runs on CPU {q}: {workers:?}"
                 );
             }

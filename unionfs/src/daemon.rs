@@ -151,7 +151,10 @@ impl StopSignals {
     /// Waits for the stop signals, unmounting at each.
     fn wait(&self) {
         loop {
-            let mut fds = [nix::poll::PollFd::new(self.fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let mut fds = [nix::poll::PollFd::new(
+                self.fd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
             match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
                 Ok(_) => self.take(),
                 Err(nix::errno::Errno::EINTR) => {}

@@ -405,8 +405,7 @@ fn copy_file_into(
     let key = (st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1)
         .then(|| inode::index_key(obj.ino));
     if let Some(key) = &key {
-        if work.indexed(key).ctx("copy-up", rel)?.is_some()
-        {
+        if work.indexed(key).ctx("copy-up", rel)?.is_some() {
             return link_up(stack, work, key, dst, name, rel).map(|()| 0);
         }
     }
@@ -480,7 +479,11 @@ pub(super) fn build_copy(
 ) -> std::io::Result<()> {
     match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => {
-            let create = if made { 0 } else { libc::O_CREAT | libc::O_EXCL };
+            let create = if made {
+                0
+            } else {
+                libc::O_CREAT | libc::O_EXCL
+            };
             let out = sys::openat(dir, tmp, create | libc::O_WRONLY, 0o600)?;
             let len = match data {
                 Data::Full => st.st_size as u64,
@@ -752,78 +755,6 @@ mod tests {
         );
         assert_eq!(ma.ino(), mb.ino(), "one inode upstairs");
         assert_eq!(b3.ino, a.ino);
-    }
-
-    #[test]
-    fn the_hard_link_index_is_made_by_its_first_entry_and_found_by_the_next_mount() {
-        let t = Tree::new(&["rw", "ro"]);
-        t.file("ro", "a", "shared");
-        t.file("ro", "single", "one");
-        std::fs::hard_link(t.path("ro").join("a"), t.path("ro").join("b")).unwrap();
-        let index = t
-            .path("rw")
-            .join(super::super::branch::HIDDEN_WORK_NAME)
-            .join("index");
-        let u = t.union(super::super::FormatChoice::Wh);
-        assert!(!index.exists(), "a mount makes no index");
-        assert!(lookup_path(&u, "b").indexed.is_none());
-        u.copy_up(&lookup_path(&u, "single"), Data::Full).unwrap();
-        assert!(!index.exists(), "a file with one name needs none");
-        u.copy_up(&lookup_path(&u, "a"), Data::Full).unwrap();
-        assert!(index.is_dir(), "made for the first multiply-linked copy-up");
-        drop(u);
-        let again = t.union(super::super::FormatChoice::Wh);
-        let b = lookup_path(&again, "b");
-        assert!(b.indexed.is_some(), "the next mount reads the index");
-        assert_eq!(read(&again, &b), "shared");
-    }
-
-    #[test]
-    fn copy_ups_start_from_spare_files_which_the_end_of_the_mount_removes() {
-        use std::os::unix::fs::PermissionsExt;
-        let t = Tree::new(&["rw", "ro"]);
-        for i in 0..40 {
-            t.file("ro", &format!("f{i}"), &format!("data {i}\n"));
-            let p = t.path("ro").join(format!("f{i}"));
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640 + (i % 8)))
-                .unwrap();
-        }
-        let tmp = t
-            .path("rw")
-            .join(super::super::branch::HIDDEN_WORK_NAME)
-            .join("tmp");
-        let u = t.union(super::super::FormatChoice::Wh);
-        for i in 0..40 {
-            let data = if i % 2 == 0 { Data::Full } else { Data::Meta };
-            u.copy_up(&lookup_path(&u, &format!("f{i}")), data).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        // Spares wait in tmp, and the next copy-up is one of them.
-        let spares: Vec<u64> = std::fs::read_dir(&tmp)
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().ino())
-            .collect();
-        assert!(!spares.is_empty(), "spares ready in tmp");
-        t.file("ro", "next", "next\n");
-        u.copy_up(&lookup_path(&u, "next"), Data::Full).unwrap();
-        let next = std::fs::metadata(t.path("rw").join("next")).unwrap();
-        assert!(spares.contains(&next.ino()), "the copy-up took a spare");
-        assert_eq!(std::fs::read_to_string(t.path("rw").join("next")).unwrap(), "next\n");
-        for i in 0..40 {
-            let (lo, up) = (
-                std::fs::metadata(t.path("ro").join(format!("f{i}"))).unwrap(),
-                std::fs::metadata(t.path("rw").join(format!("f{i}"))).unwrap(),
-            );
-            assert_eq!(up.permissions().mode(), lo.permissions().mode(), "f{i}: mode");
-            assert_eq!((up.uid(), up.gid(), up.mtime()), (lo.uid(), lo.gid(), lo.mtime()));
-            assert_eq!(read(&u, &lookup_path(&u, &format!("f{i}"))), format!("data {i}\n"));
-        }
-        u.end_of_mount();
-        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "spares removed");
-        // Later copy-ups make their own files again.
-        t.file("ro", "late", "late\n");
-        u.copy_up(&lookup_path(&u, "late"), Data::Full).unwrap();
-        assert_eq!(std::fs::read_to_string(t.path("rw").join("late")).unwrap(), "late\n");
     }
 
     #[test]

@@ -390,8 +390,16 @@ mod tests {
         }
         // That inode is the one the mount's format probe made, in the work directory.
         let shared = std::fs::symlink_metadata(work.join("whiteout")).unwrap();
-        assert_eq!(shared.ino(), ids[0], "the probe's device is the shared whiteout");
-        assert_eq!(std::fs::read_dir(work.join("tmp")).unwrap().count(), 0, "tmp stays empty");
+        assert_eq!(
+            shared.ino(),
+            ids[0],
+            "the probe's device is the shared whiteout"
+        );
+        assert_eq!(
+            std::fs::read_dir(work.join("tmp")).unwrap().count(),
+            0,
+            "tmp stays empty"
+        );
         // A name made again where a linked whiteout stood is an ordinary new file.
         std::fs::remove_file(t.path("rw").join("a")).unwrap();
         t.file("rw", "a", "new");

@@ -132,3 +132,33 @@ fn link_from_index(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::copyup::Data;
+    use super::super::testutil::*;
+
+    #[test]
+    fn the_hard_link_index_is_made_by_its_first_entry_and_found_by_the_next_mount() {
+        let t = Tree::new(&["rw", "ro"]);
+        t.file("ro", "a", "shared");
+        t.file("ro", "single", "one");
+        std::fs::hard_link(t.path("ro").join("a"), t.path("ro").join("b")).unwrap();
+        let index = t
+            .path("rw")
+            .join(super::super::branch::HIDDEN_WORK_NAME)
+            .join("index");
+        let u = t.union(super::super::FormatChoice::Wh);
+        assert!(!index.exists(), "a mount makes no index");
+        assert!(lookup_path(&u, "b").indexed.is_none());
+        u.copy_up(&lookup_path(&u, "single"), Data::Full).unwrap();
+        assert!(!index.exists(), "a file with one name needs none");
+        u.copy_up(&lookup_path(&u, "a"), Data::Full).unwrap();
+        assert!(index.is_dir(), "made for the first multiply-linked copy-up");
+        drop(u);
+        let again = t.union(super::super::FormatChoice::Wh);
+        let b = lookup_path(&again, "b");
+        assert!(b.indexed.is_some(), "the next mount reads the index");
+        assert_eq!(read(&again, &b), "shared");
+    }
+}

@@ -16,9 +16,9 @@ mod lift;
 mod lookup;
 pub mod meta;
 mod readdir;
-mod spares;
 mod rename;
 pub mod setattr;
+mod spares;
 pub mod stackops;
 pub(crate) mod sys;
 pub mod whiteout;
@@ -603,9 +603,8 @@ impl Union {
                 op: "open",
                 path: obj.path.clone(),
             })?;
-            w.index().and_then(|ix| {
-                sys::openat(ix, OsStr::new(key), open_flags & !libc::O_TRUNC, 0)
-            })
+            w.index()
+                .and_then(|ix| sys::openat(ix, OsStr::new(key), open_flags & !libc::O_TRUNC, 0))
         } else {
             // A metadata-only copy is read from the file that still holds its data.
             let from = if target.is_metacopy() && !writes {

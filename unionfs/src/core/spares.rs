@@ -163,6 +163,9 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::copyup::Data;
+    use crate::core::testutil::{lookup_path, read, Tree};
+    use std::os::unix::fs::MetadataExt;
     use std::time::{Duration, Instant};
 
     fn names(dir: &std::path::Path) -> Vec<String> {
@@ -193,7 +196,10 @@ mod tests {
         wait_for("the first spares", || s.ready() >= FIRST_TARGET);
         let got = s.take().expect("a spare");
         let m = std::fs::symlink_metadata(t.path().join(&got)).unwrap();
-        assert!(m.file_type().is_file() && m.len() == 0, "an empty regular file");
+        assert!(
+            m.file_type().is_file() && m.len() == 0,
+            "an empty regular file"
+        );
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
         let mut taken = vec![got.clone()];
@@ -213,5 +219,72 @@ mod tests {
             left == want
         });
         assert_eq!(s.take(), None, "none after the stop");
+    }
+
+    #[test]
+    fn copy_ups_start_from_spare_files_which_the_end_of_the_mount_removes() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = Tree::new(&["rw", "ro"]);
+        for i in 0..40 {
+            t.file("ro", &format!("f{i}"), &format!("data {i}\n"));
+            let p = t.path("ro").join(format!("f{i}"));
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640 + (i % 8))).unwrap();
+        }
+        let tmp = t
+            .path("rw")
+            .join(crate::core::branch::HIDDEN_WORK_NAME)
+            .join("tmp");
+        let u = t.union(crate::core::FormatChoice::Wh);
+        for i in 0..40 {
+            let data = if i % 2 == 0 { Data::Full } else { Data::Meta };
+            u.copy_up(&lookup_path(&u, &format!("f{i}")), data).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // Spares wait in tmp, and the next copy-up is one of them.
+        let spares: Vec<u64> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().ino())
+            .collect();
+        assert!(!spares.is_empty(), "spares ready in tmp");
+        t.file("ro", "next", "next\n");
+        u.copy_up(&lookup_path(&u, "next"), Data::Full).unwrap();
+        let next = std::fs::metadata(t.path("rw").join("next")).unwrap();
+        assert!(spares.contains(&next.ino()), "the copy-up took a spare");
+        assert_eq!(
+            std::fs::read_to_string(t.path("rw").join("next")).unwrap(),
+            "next\n"
+        );
+        for i in 0..40 {
+            let (lo, up) = (
+                std::fs::metadata(t.path("ro").join(format!("f{i}"))).unwrap(),
+                std::fs::metadata(t.path("rw").join(format!("f{i}"))).unwrap(),
+            );
+            assert_eq!(
+                up.permissions().mode(),
+                lo.permissions().mode(),
+                "f{i}: mode"
+            );
+            assert_eq!(
+                (up.uid(), up.gid(), up.mtime()),
+                (lo.uid(), lo.gid(), lo.mtime())
+            );
+            assert_eq!(
+                read(&u, &lookup_path(&u, &format!("f{i}"))),
+                format!("data {i}\n")
+            );
+        }
+        u.end_of_mount();
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "spares removed"
+        );
+        // Later copy-ups make their own files again.
+        t.file("ro", "late", "late\n");
+        u.copy_up(&lookup_path(&u, "late"), Data::Full).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(t.path("rw").join("late")).unwrap(),
+            "late\n"
+        );
     }
 }

@@ -48,7 +48,12 @@ impl Server {
     /// Serves requests until the process ends (run it on its own thread). `also`: a
     /// descriptor this thread watches too, and what to do when it is readable (the
     /// daemon's stop signals, so that they need no thread of their own).
-    pub fn serve(&self, ctl: Control, mountpoint: PathBuf, also: Option<(BorrowedFd<'_>, &dyn Fn())>) {
+    pub fn serve(
+        &self,
+        ctl: Control,
+        mountpoint: PathBuf,
+        also: Option<(BorrowedFd<'_>, &dyn Fn())>,
+    ) {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         loop {
             let mut fds = vec![PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
@@ -69,7 +74,9 @@ impl Server {
             if !ready(&fds[0]) {
                 continue;
             }
-            let Ok((conn, _)) = self.listener.accept() else { continue };
+            let Ok((conn, _)) = self.listener.accept() else {
+                continue;
+            };
             let ctl = ctl.clone();
             let mp = mountpoint.clone();
             let _ = std::thread::Builder::new()

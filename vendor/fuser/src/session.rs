@@ -346,8 +346,7 @@ impl<FS: Filesystem> Session<FS> {
         // Its reference to the filesystem must be gone before `destroy` below.
         drop(ring_loop);
 
-        // The first classic loop runs on this thread: one thread less to start and to
-        // end with every mount.
+        // The first classic loop runs on this thread: one thread less per mount.
         let mut reply = first.event_loop();
         drop(first);
         // A worker may start another until it ends: take them until none is left.
