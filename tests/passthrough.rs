@@ -83,11 +83,21 @@ fn a_copied_up_file_passes_through_and_the_lower_stays() {
 fn off_and_auto_serve_lower_reads_through_the_daemon() {
     for opts in [&["-o", "passthrough=off"][..], &[][..]] {
         let Some(fx) = mount_with(opts) else { return };
-        let before = data_requests(&fx.mnt);
+        // The daemon serves the data: by READ requests, or (a small file) by storing
+        // it in the page cache at the open. No passthrough.
+        let served = |s: &serde_json::Value| {
+            s["data_requests"].as_u64().unwrap() + s["prefilled"].as_u64().unwrap()
+        };
+        let before = stats(&fx.mnt);
         assert_eq!(fs::read_to_string(fx.mnt.join("base")).unwrap(), "base\n");
+        let after = stats(&fx.mnt);
         assert!(
-            data_requests(&fx.mnt) > before,
-            "{opts:?}: a lower read goes via the daemon"
+            served(&after) > served(&before),
+            "{opts:?}: a lower read goes via the daemon: {after}"
+        );
+        assert_eq!(
+            after["passthrough_opens"], before["passthrough_opens"],
+            "{opts:?}: {after}"
         );
     }
     let Some(fx) = mount_with(&["-o", "passthrough=off"]) else {
@@ -304,4 +314,58 @@ fn a_writer_whose_file_gained_a_name_refuses_a_snapshot_until_closed() {
         fs::read_to_string(fx.mnt.join("log.link")).unwrap(),
         "one\ntwo\nthree\n"
     );
+}
+
+/// Small files of a read-only branch go into the kernel's page cache at their open:
+/// their reads reach the daemon not at all, and a change through the mount shows.
+#[test]
+fn small_lower_files_are_stored_at_open_and_read_without_the_daemon() {
+    let Some(fx) = mount_with(&[]) else { return };
+    let sizes = [1usize, 4095, 4096, 5000, 64 << 10];
+    for (i, n) in sizes.iter().enumerate() {
+        fs::write(fx.low.join(format!("s{i}")), pattern(*n, i as u8)).unwrap();
+    }
+    fs::write(fx.low.join("big"), pattern((64 << 10) + 1, 9)).unwrap();
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap();
+    let before = stats(&fx.mnt);
+    for (i, len) in sizes.iter().enumerate() {
+        let got = fs::read(fx.mnt.join(format!("s{i}"))).unwrap();
+        assert_eq!(got, pattern(*len, i as u8), "s{i} ({len} bytes)");
+    }
+    let s = stats(&fx.mnt);
+    assert_eq!(
+        n(&s, "data_requests"),
+        n(&before, "data_requests"),
+        "no READ: {s}"
+    );
+    assert_eq!(
+        n(&s, "prefilled") - n(&before, "prefilled"),
+        sizes.len() as u64,
+        "{s}"
+    );
+    // Opened again, unchanged: not stored again, and still no READ.
+    assert_eq!(fs::read(fx.mnt.join("s3")).unwrap(), pattern(5000, 3));
+    let again = stats(&fx.mnt);
+    assert_eq!(n(&again, "prefilled"), n(&s, "prefilled"), "{again}");
+    assert_eq!(
+        n(&again, "data_requests"),
+        n(&s, "data_requests"),
+        "{again}"
+    );
+    // Past 64 KiB the reads come to the daemon, as before.
+    assert_eq!(
+        fs::read(fx.mnt.join("big")).unwrap(),
+        pattern((64 << 10) + 1, 9)
+    );
+    let big = stats(&fx.mnt);
+    assert!(
+        n(&big, "data_requests") > n(&again, "data_requests"),
+        "{big}"
+    );
+    assert_eq!(n(&big, "prefilled"), n(&again, "prefilled"), "{big}");
+    // Written through the mount (a copy-up): the new data reads back, the lower stays.
+    fs::write(fx.mnt.join("s3"), b"changed\n").unwrap();
+    assert_eq!(fs::read(fx.mnt.join("s3")).unwrap(), b"changed\n");
+    assert_eq!(fs::read(fx.low.join("s3")).unwrap(), pattern(5000, 3));
+    assert_eq!(fs::read(fx.up.join("s3")).unwrap(), b"changed\n");
 }

@@ -400,6 +400,8 @@ pub struct Stats {
     pub data_requests: std::sync::atomic::AtomicU64,
     /// Opens the kernel serves by FUSE passthrough.
     pub passthrough_opens: std::sync::atomic::AtomicU64,
+    /// Files stored in the kernel's page cache at their open (no READ needed).
+    pub prefilled: std::sync::atomic::AtomicU64,
 }
 
 impl Union {

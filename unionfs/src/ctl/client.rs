@@ -222,6 +222,7 @@ fn print(op_json: Option<bool>, is_list: bool, is_stats: bool, data: &serde_json
                 s.passthrough_opens, s.passthrough_inodes
             );
             println!("io_uring requests: {}", s.uring_requests);
+            println!("files stored at open: {}", s.prefilled);
             println!(
                 "listings read ahead: {} ({} used)",
                 s.listings_read_ahead, s.listings_read_ahead_used

@@ -158,6 +158,9 @@ pub struct StatsInfo {
     /// Of those, the ones a listing then used.
     #[serde(default)]
     pub listings_read_ahead_used: u64,
+    /// Small lower files put in the kernel's page cache at their open.
+    #[serde(default)]
+    pub prefilled: u64,
 }
 
 /// FNV-1a: a stable hash of the mount point for the socket name.

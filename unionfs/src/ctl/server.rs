@@ -181,6 +181,7 @@ pub fn execute(ctl: &Control, mountpoint: &Path, op: Op) -> Response {
                 uring_requests: fuser::uring_requests_served(),
                 listings_read_ahead: read_ahead,
                 listings_read_ahead_used: read_ahead_used,
+                prefilled: u.stats.prefilled.load(Relaxed),
             };
             return Response::ok(serde_json::to_value(s).unwrap_or_default());
         }

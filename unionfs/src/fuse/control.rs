@@ -36,7 +36,7 @@ impl UnionFs {
             nodes: self.nodes.clone(),
             handles: self.handles.clone(),
             passthrough: self.passthrough.clone(),
-            notifier: Arc::new(OnceLock::new()),
+            notifier: self.notifier.clone(),
             dir_fds: self.dir_fds.clone(),
             readahead: self.readahead.clone(),
         }

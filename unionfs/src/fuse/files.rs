@@ -47,7 +47,11 @@ impl UnionFs {
             if let Some(m) = moved {
                 node.set_obj(m);
             }
-            self.new_file_handle(&now, fd, flags.0, |fd| reply.open_backing(fd))
+            let (fh, io) = self.new_file_handle(&now, fd, flags.0, |fd| reply.open_backing(fd))?;
+            if !writes && io.keeps_cache() {
+                self.prefill(&node, &now, fh);
+            }
+            Ok((fh, io))
         })();
         match r {
             Ok((fh, io)) => match io.backing() {
@@ -55,6 +59,56 @@ impl UnionFs {
                 None => reply.opened(FileHandle(fh), io.fopen_flags()),
             },
             Err(e) => reply.error(e),
+        }
+    }
+
+    /// A small file of a read-only branch, opened for reading, goes into the kernel's
+    /// page cache before the open is answered (FUSE_NOTIFY_STORE; the open keeps the
+    /// cache): its reads then need no READ request, one round trip less per file for
+    /// `grep -r` or `git status`. Only read-only branches: no writer can have left
+    /// dirty pages that the store would overwrite, as a write-open copies the file up
+    /// first. Once stored, not again while the file's identity, size and times stay.
+    fn prefill(&self, node: &super::nodes::Node, obj: &Obj, fh: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        const MAX: i64 = 64 << 10;
+        let stack = self.union.stack();
+        if obj.indexed.is_some()
+            || obj.layers.len() != 1
+            || stack.branches[obj.layers[0] as usize].is_rw()
+        {
+            return;
+        }
+        let (Some(n), Ok(fd)) = (self.notifier.get(), self.fd_for(FileHandle(fh), false)) else {
+            return;
+        };
+        let Ok(st) = crate::core::sys_fstat(fd.as_fd()) else {
+            return;
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size <= 0 || st.st_size > MAX {
+            return;
+        }
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (st.st_dev, st.st_ino, st.st_size).hash(&mut h);
+            (st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec).hash(&mut h);
+            h.finish() | 1
+        };
+        if node.prefilled.load(Relaxed) == digest {
+            return;
+        }
+        let mut buf = vec![0u8; st.st_size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match crate::core::sys_pread(fd.as_fd(), &mut buf[got..], got as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+        // A file that changed size meanwhile: its reads ask for it.
+        if got == buf.len() && n.store(INodeNo(obj.ino), 0, &buf).is_ok() {
+            node.prefilled.store(digest, Relaxed);
+            self.union.stats.prefilled.fetch_add(1, Relaxed);
         }
     }
 

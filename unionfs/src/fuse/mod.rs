@@ -55,6 +55,8 @@ pub struct UnionFs {
     file_lookups: dir::FileLookups,
     ttl: Ttls,
     passthrough: Arc<passthrough::PassthroughTable<fuser::BackingId>>,
+    /// The session's notifier, once it runs (shared with `Control`).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 type Res<T> = Result<T, Errno>;

@@ -22,6 +22,10 @@ pub(crate) struct Node {
     /// and those of directories found through them, carry every entry's attributes.
     /// Otherwise only directories carry them (see `dir.rs`).
     files_looked_up: AtomicBool,
+    /// What of the file the daemon last stored in the kernel's page cache at an open (a
+    /// digest of its identity, size and times; 0: nothing), so that it is not stored
+    /// again while unchanged (see `files.rs`).
+    pub(crate) prefilled: AtomicU64,
 }
 
 /// What a node remembers of its object: enough to name it to the core, no more (a
@@ -144,6 +148,7 @@ impl NodeTable {
                 }),
                 lookups: AtomicU64::new(1),
                 files_looked_up: AtomicBool::new(false),
+                prefilled: AtomicU64::new(0),
             }),
         );
         NodeTable { map }
@@ -166,6 +171,7 @@ impl NodeTable {
                     }),
                     lookups: AtomicU64::new(0),
                     files_looked_up: AtomicBool::new(false),
+                    prefilled: AtomicU64::new(0),
                 })
             });
             entry.lookups.fetch_add(1, Ordering::Relaxed);

@@ -36,6 +36,7 @@ impl UnionFs {
             )),
             ttl,
             passthrough: Arc::new(PassthroughTable::new(PassthroughMode::Auto)),
+            notifier: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
@@ -371,17 +372,24 @@ impl Opened {
         }
     }
 
+    /// Whether the open keeps the kernel's page cache (`fopen_flags`).
+    pub(super) fn keeps_cache(&self) -> bool {
+        matches!(
+            self,
+            Opened::Uncounted | Opened::Cached { keep_cache: true }
+        )
+    }
+
     /// Page-cache opens keep the kernel's cache (FOPEN_KEEP_CACHE): every change to a
     /// file's data goes through this mount or through a stack change (which
     /// invalidates), except passthrough writes, after which the cache is dropped once.
     /// No handle needs FLUSH (writes are synchronous and flush has nothing to do), so
     /// close(2) costs no round trip (FOPEN_NOFLUSH).
     pub(super) fn fopen_flags(&self) -> fuser::FopenFlags {
-        let keep = match self {
-            Opened::Uncounted | Opened::Cached { keep_cache: true } => {
-                fuser::FopenFlags::FOPEN_KEEP_CACHE
-            }
-            _ => fuser::FopenFlags::empty(),
+        let keep = if self.keeps_cache() {
+            fuser::FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            fuser::FopenFlags::empty()
         };
         keep | fuser::FopenFlags::FOPEN_NOFLUSH
     }

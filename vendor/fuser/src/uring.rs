@@ -425,7 +425,11 @@ impl Worker {
             // caller does not wait for a thread to start), and while this one counts as
             // waiting: its entry takes the next request as soon as it is back.
             if std::mem::take(&mut grow) {
-                self.ring.submit()?;
+                match self.ring.submit() {
+                    Err(e) if e.raw_os_error() != Some(libc::EINTR) => return Err(e),
+                    // Interrupted: the wait below submits it.
+                    _ => {}
+                }
                 self.pool.grow(self.qid, el);
             }
             let res = self.next_completion(&mut pending);
