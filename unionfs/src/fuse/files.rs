@@ -65,9 +65,11 @@ impl UnionFs {
     /// A small file of a read-only branch, opened for reading, goes into the kernel's
     /// page cache before the open is answered (FUSE_NOTIFY_STORE; the open keeps the
     /// cache): its reads then need no READ request, one round trip less per file for
-    /// `grep -r` or `git status`. Only read-only branches: no writer can have left
-    /// dirty pages that the store would overwrite, as a write-open copies the file up
-    /// first. Once stored, not again while the file's identity, size and times stay.
+    /// `grep -r` or `git status`. Only read-only branches, and no handle open for
+    /// writing: nothing can have left dirty pages that the store would overwrite (a
+    /// write-open copies the file up first; a branch made read-only by a snapshot may
+    /// still have its writers). Once stored, not again while the file's identity, size
+    /// and times stay.
     fn prefill(&self, node: &super::nodes::Node, obj: &Obj, fh: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         const MAX: i64 = 64 << 10;
@@ -75,6 +77,7 @@ impl UnionFs {
         if obj.indexed.is_some()
             || obj.layers.len() != 1
             || stack.branches[obj.layers[0] as usize].is_rw()
+            || self.handles.has_writer(obj.ino)
         {
             return;
         }

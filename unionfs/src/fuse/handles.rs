@@ -92,6 +92,11 @@ impl HandleTable {
     }
 
     /// Inodes open for writing through the page cache.
+    /// Whether a handle open for writing holds inode `ino` (its pages may be dirty).
+    pub(crate) fn has_writer(&self, ino: u64) -> bool {
+        self.map.iter().any(|h| h.ino == ino && h.writable)
+    }
+
     pub(crate) fn cached_writers(&self) -> Vec<u64> {
         let mut out: Vec<u64> = self
             .map
