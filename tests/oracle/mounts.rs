@@ -223,6 +223,10 @@ impl Mount {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
+            // A daemon that was killed (the watchdog's) could not remove its control
+            // socket; it is gone now, and the socket names this test's mount point.
+            let uid = unsafe { libc::geteuid() };
+            let _ = std::fs::remove_file(unionfs::ctl::protocol::socket_path(uid, &self.mnt));
         }
     }
 }
