@@ -110,6 +110,13 @@ impl UnionFs {
         }
         // A file that changed size meanwhile: its reads ask for it.
         if got == buf.len() && n.store(INodeNo(obj.ino), 0, &buf).is_ok() {
+            // Copied up meanwhile (a write-open moves the node before any write): what
+            // was stored may be older than what its writer puts in the cache, so the
+            // cache goes, and reads ask again.
+            if node.obj().layers != obj.layers {
+                let _ = n.inval_inode(INodeNo(obj.ino), 0, 0);
+                return;
+            }
             node.prefilled.store(digest, Relaxed);
             self.union.stats.prefilled.fetch_add(1, Relaxed);
         }
