@@ -139,28 +139,24 @@ impl StopSignals {
         Ok(StopSignals { fd, unmount })
     }
 
-    /// Takes a pending stop signal, if any, and unmounts.
-    fn take(&self) {
-        if let Ok(Some(info)) = self.fd.read_signal() {
-            let sig = nix::sys::signal::Signal::try_from(info.ssi_signo as i32);
-            tracing::info!("{sig:?}: unmounting");
-            (self.unmount)();
+    /// Takes a pending stop signal, if any, and unmounts; false when the signalfd
+    /// fails (it is not read again).
+    fn take(&self) -> bool {
+        match self.fd.read_signal() {
+            Ok(Some(info)) => {
+                let sig = nix::sys::signal::Signal::try_from(info.ssi_signo as i32);
+                tracing::info!("{sig:?}: unmounting");
+                (self.unmount)();
+                true
+            }
+            Ok(None) | Err(nix::errno::Errno::EINTR) => true,
+            Err(_) => false,
         }
     }
 
-    /// Waits for the stop signals, unmounting at each.
+    /// Waits for the stop signals (a blocking read), unmounting at each.
     fn wait(&self) {
-        loop {
-            let mut fds = [nix::poll::PollFd::new(
-                self.fd.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
-                Ok(_) => self.take(),
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => return,
-            }
-        }
+        while self.take() {}
     }
 }
 
@@ -293,7 +289,15 @@ impl Mounted {
                 let (s, mp) = (s.clone(), cfg.mountpoint.clone());
                 std::thread::Builder::new()
                     .name("unionfs-ctl".into())
-                    .spawn(move || s.serve(control, mp, Some((stop.fd.as_fd(), &|| stop.take()))))
+                    .spawn(move || {
+                        s.serve(
+                            control,
+                            mp,
+                            Some((stop.fd.as_fd(), &|| {
+                                let _ = stop.take();
+                            })),
+                        )
+                    })
             }
             None => std::thread::Builder::new()
                 .name("unionfs-signals".into())

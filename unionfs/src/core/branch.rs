@@ -133,7 +133,7 @@ impl WorkDir {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
-        let spares = super::spares::Spares::new(&tmp, format!("#{:x}.s", std::process::id()))?;
+        let spares = super::spares::Spares::new(&tmp, super::spares::name_prefix())?;
         Ok(WorkDir {
             path: shown,
             dir,

@@ -647,7 +647,7 @@ mod tests {
             // The lower file is untouched.
             assert_eq!(std::fs::metadata(&f).unwrap().mtime_nsec(), 123_456_789);
             // The work dir holds nothing afterwards but empty spare files.
-            let spare = format!("#{:x}.s", std::process::id());
+            let spare = super::super::spares::name_prefix();
             for e in std::fs::read_dir(t.path("rw").join(".unionfs-work/tmp")).unwrap() {
                 let e = e.unwrap();
                 let name = e.file_name().into_string().unwrap();

@@ -20,6 +20,11 @@ use parking_lot::{Condvar, Mutex};
 
 use super::sys;
 
+/// The prefix of this process's spare files' names.
+pub(crate) fn name_prefix() -> String {
+    format!("#{:x}.s", std::process::id())
+}
+
 /// At most this many spares at a time.
 const MAX_SPARES: usize = 64;
 /// Spares wanted at first.
@@ -240,11 +245,22 @@ mod tests {
             u.copy_up(&lookup_path(&u, &format!("f{i}")), data).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        // Spares wait in tmp, and the next copy-up is one of them.
-        let spares: Vec<u64> = std::fs::read_dir(&tmp)
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().ino())
-            .collect();
+        // Spares wait in tmp (once the maker is done with its last one), and the next
+        // copy-up is one of them.
+        let inodes = || -> Vec<u64> {
+            let mut v: Vec<u64> = std::fs::read_dir(&tmp)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().ino())
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let mut spares = inodes();
+        wait_for("the maker to settle", || {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = inodes();
+            std::mem::replace(&mut spares, now) == spares
+        });
         assert!(!spares.is_empty(), "spares ready in tmp");
         t.file("ro", "next", "next\n");
         u.copy_up(&lookup_path(&u, "next"), Data::Full).unwrap();

@@ -47,11 +47,11 @@ impl UnionFs {
             if let Some(m) = moved {
                 node.set_obj(m);
             }
-            let (fh, io) = self.new_file_handle(&now, fd, flags.0, |fd| reply.open_backing(fd))?;
-            if !writes && io.keeps_cache() {
-                self.prefill(&node, &now, fh);
+            let h = self.new_file_handle(&now, fd, flags.0, |fd| reply.open_backing(fd))?;
+            if !writes && h.io.keeps_cache() {
+                self.prefill(&node, &now, &h.st, &h.fd);
             }
-            Ok((fh, io))
+            Ok((h.fh, h.io))
         })();
         match r {
             Ok((fh, io)) => match io.backing() {
@@ -70,26 +70,21 @@ impl UnionFs {
     /// write-open copies the file up first; a branch made read-only by a snapshot may
     /// still have its writers). Once stored, not again while the file's identity, size
     /// and times stay.
-    fn prefill(&self, node: &super::nodes::Node, obj: &Obj, fh: u64) {
+    fn prefill(
+        &self,
+        node: &super::nodes::Node,
+        obj: &Obj,
+        st: &crate::core::Stat,
+        fd: &std::os::fd::OwnedFd,
+    ) {
         use std::sync::atomic::Ordering::Relaxed;
         const MAX: i64 = 64 << 10;
-        let stack = self.union.stack();
-        if obj.indexed.is_some()
-            || obj.layers.len() != 1
-            || stack.branches[obj.layers[0] as usize].is_rw()
-            || self.handles.has_writer(obj.ino)
-        {
-            return;
-        }
-        let (Some(n), Ok(fd)) = (self.notifier.get(), self.fd_for(FileHandle(fh), false)) else {
-            return;
-        };
-        let Ok(st) = crate::core::sys_fstat(fd.as_fd()) else {
-            return;
-        };
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size <= 0 || st.st_size > MAX {
             return;
         }
+        let Some(n) = self.notifier.get() else {
+            return;
+        };
         let digest = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -100,14 +95,16 @@ impl UnionFs {
         if node.prefilled.load(Relaxed) == digest {
             return;
         }
-        let mut buf = vec![0u8; st.st_size as usize];
-        let mut got = 0;
-        while got < buf.len() {
-            match crate::core::sys_pread(fd.as_fd(), &mut buf[got..], got as u64) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => got += k,
-            }
+        let stack = self.union.stack();
+        if obj.indexed.is_some()
+            || obj.layers.len() != 1
+            || stack.branches[obj.layers[0] as usize].is_rw()
+            || self.handles.has_writer(obj.ino)
+        {
+            return;
         }
+        let mut buf = vec![0u8; st.st_size as usize];
+        let got = pread_full(fd.as_fd(), &mut buf, 0).unwrap_or(0);
         // A file that changed size meanwhile: its reads ask for it.
         if got == buf.len() && n.store(INodeNo(obj.ino), 0, &buf).is_ok() {
             // Copied up meanwhile (a write-open moves the node before any write): what
@@ -130,15 +127,7 @@ impl UnionFs {
         let r = (|| {
             let fd = self.fd_for(fh, false)?;
             let mut buf = vec![0u8; size as usize];
-            let mut got = 0usize;
-            while got < buf.len() {
-                let n = crate::core::sys_pread(fd.as_fd(), &mut buf[got..], offset + got as u64)
-                    .map_err(io_err)?;
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
+            let got = pread_full(fd.as_fd(), &mut buf, offset).map_err(io_err)?;
             buf.truncate(got);
             Ok(buf)
         })();
@@ -200,8 +189,8 @@ impl UnionFs {
         let r = (|| {
             let (a, fd, obj) = self.make(req, parent, name, mode, NewKind::File { flags })?;
             let fd = fd.ok_or(Errno::EIO)?;
-            let (fh, io) = self.new_file_handle(&obj, fd, flags, |fd| reply.open_backing(fd))?;
-            Ok((a, fh, io))
+            let h = self.new_file_handle(&obj, fd, flags, |fd| reply.open_backing(fd))?;
+            Ok((a, h.fh, h.io))
         })();
         match r {
             Ok((a, fh, io)) => match io.backing() {
@@ -300,4 +289,21 @@ impl UnionFs {
             Err(e) => reply.error(e),
         }
     }
+}
+
+/// Reads into all of `buf` from `offset`, or up to the end of the file: the bytes read.
+fn pread_full(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<usize> {
+    let mut got = 0usize;
+    while got < buf.len() {
+        let n = crate::core::sys_pread(fd, &mut buf[got..], offset + got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
 }

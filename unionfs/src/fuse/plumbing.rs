@@ -58,26 +58,34 @@ impl UnionFs {
     }
 
     /// Registers a new file handle for `obj` opened as `fd` with open(2) `flags`, in the
-    /// io mode `io_mode` picks; returns its number and that mode.
+    /// io mode `io_mode` picks; returns its number and that mode, with the file's stat
+    /// and fd for what the open does next (`prefill`).
     pub(super) fn new_file_handle(
         &self,
         obj: &Obj,
         fd: OwnedFd,
         flags: i32,
         open_backing: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
-    ) -> Res<(u64, Opened)> {
+    ) -> Res<NewHandle> {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let is_final = self.union.is_final(obj);
-        let io = self.io_mode(obj.ino, &fd, is_final, writable, || open_backing(&fd))?;
+        let st = crate::core::sys_fstat(fd.as_fd()).map_err(io_err)?;
+        let io = self.io_mode(obj.ino, &st, is_final, writable, || open_backing(&fd))?;
+        let fd = Arc::new(fd);
         let h = super::handles::OpenFile {
             ino: obj.ino,
-            fd: parking_lot::RwLock::new(Arc::new(fd)),
+            fd: parking_lot::RwLock::new(fd.clone()),
             opened_on: parking_lot::Mutex::new(self.location(obj)),
             writable,
             flags,
             io: io.kind(),
         };
-        Ok((self.handles.insert(h), io))
+        Ok(NewHandle {
+            fh: self.handles.insert(h),
+            io,
+            st,
+            fd,
+        })
     }
 
     /// A write-open of `obj` (inode `ino`) while passthrough handles hold a file this
@@ -95,13 +103,13 @@ impl UnionFs {
         Ok(())
     }
 
-    /// Picks and counts the io mode of a new file handle on `fd`; `is_final`: writes
-    /// land in this very file (`Union::is_final`). ETXTBSY when passthrough handles hold
-    /// another file for this inode and the handle would write.
+    /// Picks and counts the io mode of a new file handle on a file whose stat is `st`;
+    /// `is_final`: writes land in this very file (`Union::is_final`). ETXTBSY when
+    /// passthrough handles hold another file for this inode and the handle would write.
     pub(super) fn io_mode(
         &self,
         ino: u64,
-        fd: &OwnedFd,
+        st: &crate::core::Stat,
         is_final: bool,
         writable: bool,
         open_backing: impl FnOnce() -> std::io::Result<fuser::BackingId>,
@@ -109,7 +117,6 @@ impl UnionFs {
         if !self.passthrough.usable() {
             return Ok(Opened::Uncounted);
         }
-        let st = crate::core::sys_fstat(fd.as_fd()).map_err(io_err)?;
         let t = OpenTarget {
             file: (st.st_dev, st.st_ino),
             // A writer of a file with other names stays with the daemon: such a file
@@ -393,4 +400,13 @@ impl Opened {
         };
         keep | fuser::FopenFlags::FOPEN_NOFLUSH
     }
+}
+
+/// A file handle just made (`new_file_handle`).
+pub(super) struct NewHandle {
+    pub(super) fh: u64,
+    pub(super) io: Opened,
+    /// The open file's stat when it was opened.
+    pub(super) st: crate::core::Stat,
+    pub(super) fd: Arc<OwnedFd>,
 }
